@@ -12,14 +12,14 @@
 //
 // # States
 //
-//	            preregister / first enrollment attempt
-//	                         │
-//	                      pending ──reject──▶ revoked
-//	                         │ approve (or preregistered) + certificate issued
-//	                         ▼
-//	   quarantined ◀──────▶ active
-//	         │                 │
-//	         └──── revoke ─────┴──▶ revoked ──decommission──▶ decommissioned
+//	         preregister / first enrollment attempt
+//	                      │
+//	                   pending ──reject──▶ revoked
+//	                      │ approve (or preregistered) + certificate issued
+//	                      ▼
+//	quarantined ◀──────▶ active
+//	      │                 │
+//	      └──── revoke ─────┴──▶ revoked ──decommission──▶ decommissioned
 //
 // pending: known but not admitted; the device gets no certificate until the
 // record is approved (a purchase record pre-registered by an admin counts as
@@ -215,8 +215,8 @@ const deviceFrom = ` FROM devices d JOIN manufacturers m ON m.id = d.manufacture
 
 func scanDevice(row interface{ Scan(...any) error }) (Device, error) {
 	var (
-		d                                            Device
-		tags                                         string
+		d                                           Device
+		tags                                        string
 		approved, lastSeen, enrollReq, certNotAfter sql.NullTime
 	)
 	err := row.Scan(&d.ID, &d.ManufacturerID, &d.Manufacturer, &d.Serial, &d.Model, &d.Site, &d.Unit, &tags, &d.State, &d.StateReason,

@@ -73,12 +73,24 @@ func DeviceIDFromCert(c *x509.Certificate) (string, error) {
 func ReadCertificates(pemBytes []byte) ([]*x509.Certificate, error) {
 	var certs []*x509.Certificate
 	rest := pemBytes
-	for len(bytes.TrimSpace(rest)) > 0 {
-		var block *pem.Block
-		block, rest = pem.Decode(rest)
-		if block == nil {
+	begin := []byte("-----BEGIN ")
+	for {
+		rest = bytes.TrimLeft(rest, " \t\r\n")
+		if len(rest) == 0 {
+			break
+		}
+		// pem.Decode skips text before a block and malformed blocks; refuse both.
+		if !bytes.HasPrefix(rest, begin) {
 			return nil, errors.New("pki: certificates: data that is not PEM")
 		}
+		next := bytes.Index(rest[len(begin):], begin)
+		var block *pem.Block
+		block, after := pem.Decode(rest)
+		consumed := len(rest) - len(after)
+		if block == nil || (next >= 0 && consumed > next+len(begin)) {
+			return nil, errors.New("pki: certificates: malformed PEM block")
+		}
+		rest = after
 		if block.Type != "CERTIFICATE" {
 			return nil, fmt.Errorf("pki: certificates: unexpected PEM block %q", block.Type)
 		}

@@ -284,15 +284,15 @@ func Open(cfg Config) (*Authority, error) {
 	if !exists(keyPath) {
 		return nil, fmt.Errorf("pki: open: %s: %w", keyPath, ErrNotInitialised)
 	}
-	key, err := ReadKeyFile(keyPath, cfg.Passphrase)
-	if err != nil {
-		return nil, fmt.Errorf("pki: open: %w", err)
-	}
 	if !root.IsCA || !issuer.IsCA {
 		return nil, errors.New("pki: open: root or issuer certificate is not a CA")
 	}
 	if err := issuer.CheckSignatureFrom(root); err != nil {
 		return nil, fmt.Errorf("pki: open: issuer certificate not signed by root: %w", err)
+	}
+	key, err := ReadKeyFile(keyPath, cfg.Passphrase)
+	if err != nil {
+		return nil, fmt.Errorf("pki: open: %w", err)
 	}
 	if !publicKeysEqual(issuer.PublicKey, key.Public()) {
 		return nil, errors.New("pki: open: issuer key does not match issuer certificate")

@@ -183,19 +183,16 @@ func (s *Server) simpleEnroll(ctx context.Context, w http.ResponseWriter, r *htt
 
 // attest checks the birth certificate against the registered manufacturers.
 func (s *Server) attest(ctx context.Context, leaf *x509.Certificate, inter []*x509.Certificate) (fleet.Manufacturer, error) {
-	// Load (or hit the cache of) the manufacturers first, so that an error
-	// from AttestBirthCertificate is always about the certificate, never
-	// about the store.
-	if _, err := s.fleet.Manufacturers(ctx); err != nil {
-		return fleet.Manufacturer{}, err
-	}
 	m, err := s.fleet.AttestBirthCertificate(ctx, leaf, inter)
 	if err == nil {
 		return m, nil
 	}
+	if !errors.Is(err, fleet.ErrUntrusted) {
+		return m, err // the store's
+	}
 	var invalid x509.CertificateInvalidError
 	switch {
-	case errors.Is(err, fleet.ErrNotFound):
+	case errors.Is(err, fleet.ErrUnknownIssuer):
 		return m, refuse(ErrForbidden, "birth certificate is not signed by a registered manufacturer CA")
 	case errors.As(err, &invalid) && invalid.Reason == x509.Expired:
 		if now := s.now(); now.Before(leaf.NotBefore) {

@@ -90,6 +90,7 @@ var (
 	ErrInvalid   = errors.New("invalid")
 	ErrState     = errors.New("not allowed in the device's state")
 	ErrAmbiguous = errors.New("ambiguous device reference")
+	ErrUntrusted = errors.New("not trusted")
 )
 
 // Device is one device in the registry.
@@ -126,6 +127,7 @@ type Manufacturer struct {
 	CreatedAt   time.Time           `json:"created_at"`
 	CreatedBy   string              `json:"created_by"`
 	CAs         []*x509.Certificate `json:"-"`
+	pool        *x509.CertPool      // CAs, for verification
 }
 
 // Config configures a Registry.
@@ -136,8 +138,11 @@ type Config struct {
 	// certificates commits, with their serials (hex), so other nodes can
 	// reload. It must not block.
 	OnRevoke func(serials []string)
-	Now      func() time.Time
-	Rand     io.Reader
+	// OnManufacturersChanged, when set, is called after a manufacturer is
+	// added, so other nodes can drop their cached list. It must not block.
+	OnManufacturersChanged func()
+	Now                    func() time.Time
+	Rand                   io.Reader
 }
 
 // Registry is the device registry. It is safe for concurrent use.
@@ -151,8 +156,10 @@ type Registry struct {
 	revoked    sync.Map // cert serial (hex) → struct{}
 	revokedGen atomic.Uint64
 
-	mfrMu    sync.RWMutex
-	mfrCache []Manufacturer // nil: not loaded
+	onManufacturers func()
+	mfrMu           sync.RWMutex
+	mfrCache        []Manufacturer // nil: not loaded
+	mfrReloaded     atomic.Int64   // unix nanoseconds of the last reload for an unknown issuer
 }
 
 // New returns the registry and loads the revocation set.
@@ -160,7 +167,7 @@ func New(ctx context.Context, cfg Config) (*Registry, error) {
 	if cfg.Store == nil || cfg.Audit == nil {
 		return nil, errors.New("fleet: store and audit log are required")
 	}
-	r := &Registry{st: cfg.Store, audit: cfg.Audit, onRevoke: cfg.OnRevoke, now: cfg.Now, rand: cfg.Rand}
+	r := &Registry{st: cfg.Store, audit: cfg.Audit, onRevoke: cfg.OnRevoke, onManufacturers: cfg.OnManufacturersChanged, now: cfg.Now, rand: cfg.Rand}
 	if r.now == nil {
 		r.now = time.Now
 	}

@@ -284,12 +284,12 @@ func TestManufacturers(t *testing.T) {
 		// A birth certificate from an unregistered manufacturer.
 		otherCA, otherKey, _ := pki.NewManufacturerCA(pki.ManufacturerCAConfig{Name: "Rogue"})
 		rogue, _, _ := pki.MintBirthCertificate(pki.BirthConfig{CA: otherCA, CAKey: otherKey, Serial: "SN1"})
-		if _, err := f.reg.AttestBirthCertificate(ctx, rogue, nil); !errors.Is(err, fleet.ErrNotFound) {
+		if _, err := f.reg.AttestBirthCertificate(ctx, rogue, nil); !errors.Is(err, fleet.ErrUntrusted) {
 			t.Fatalf("rogue attest: %v", err)
 		}
 		// Expired birth certificate: x509's reason is kept.
 		old, _, _ := pki.MintBirthCertificate(pki.BirthConfig{CA: caCert, CAKey: caKey, Serial: "SN2", NotBefore: time.Now().Add(-48 * time.Hour), NotAfter: time.Now().Add(-time.Hour)})
-		if _, err := f.reg.AttestBirthCertificate(ctx, old, nil); err == nil {
+		if _, err := f.reg.AttestBirthCertificate(ctx, old, nil); !errors.Is(err, fleet.ErrUntrusted) {
 			t.Fatal("expired birth certificate attested")
 		}
 	})

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/wardhq/ward/internal/audit"
 	"github.com/wardhq/ward/internal/store"
@@ -93,6 +94,9 @@ func (r *Registry) AddManufacturer(ctx context.Context, actor, name string, caPE
 		return Manufacturer{}, err
 	}
 	r.InvalidateManufacturers()
+	if r.onManufacturers != nil {
+		r.onManufacturers()
+	}
 	return m, nil
 }
 
@@ -127,6 +131,10 @@ func (r *Registry) Manufacturers(ctx context.Context) ([]Manufacturer, error) {
 		m.CreatedAt = m.CreatedAt.UTC()
 		if m.CAs, err = ParseCABundle([]byte(m.CAPEM)); err != nil {
 			return nil, fmt.Errorf("fleet: manufacturer %s: stored CA: %w", m.Name, err)
+		}
+		m.pool = x509.NewCertPool()
+		for _, c := range m.CAs {
+			m.pool.AddCert(c)
 		}
 		out = append(out, m)
 	}
@@ -165,36 +173,70 @@ func (r *Registry) Manufacturer(ctx context.Context, ref string) (Manufacturer, 
 
 // AttestBirthCertificate finds the registered manufacturer whose CA signed
 // the birth certificate leaf (with optional intermediates from the TLS
-// handshake), checking validity at the registry's current time. The error
-// wraps ErrNotFound when no registered manufacturer vouches for it; x509's
-// own error (expired, bad signature, …) is kept for the reason.
+// handshake), checking validity at the registry's current time.
+//
+// A certificate that no registered manufacturer vouches for gives an error
+// wrapping ErrUntrusted (and x509's own error, such as an expiry, for the
+// reason); any other error is the store's.
 func (r *Registry) AttestBirthCertificate(ctx context.Context, leaf *x509.Certificate, intermediates []*x509.Certificate) (Manufacturer, error) {
 	all, err := r.Manufacturers(ctx)
 	if err != nil {
 		return Manufacturer{}, err
 	}
-	inter := x509.NewCertPool()
-	for _, c := range intermediates {
-		inter.AddCert(c)
+	m, err := r.attest(all, leaf, intermediates)
+	if !errors.Is(err, ErrUnknownIssuer) {
+		return m, err
+	}
+	// Another node may have registered the manufacturer since the cache was
+	// filled. Re-read at most once every few seconds, so that a stream of
+	// unknown certificates cannot turn into a stream of queries.
+	if !r.mayReloadManufacturers() {
+		return Manufacturer{}, err
+	}
+	r.InvalidateManufacturers()
+	if all, err = r.Manufacturers(ctx); err != nil {
+		return Manufacturer{}, err
+	}
+	return r.attest(all, leaf, intermediates)
+}
+
+// ErrUnknownIssuer: no registered manufacturer CA issued the certificate.
+var ErrUnknownIssuer = fmt.Errorf("no registered manufacturer signed it: %w", ErrUntrusted)
+
+func (r *Registry) attest(all []Manufacturer, leaf *x509.Certificate, intermediates []*x509.Certificate) (Manufacturer, error) {
+	var inter *x509.CertPool
+	if len(intermediates) > 0 {
+		inter = x509.NewCertPool()
+		for _, c := range intermediates {
+			inter.AddCert(c)
+		}
 	}
 	now := r.now()
 	var firstErr error
 	for _, m := range all {
-		roots := x509.NewCertPool()
-		for _, c := range m.CAs {
-			roots.AddCert(c)
-		}
-		_, err := leaf.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, CurrentTime: now, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}})
+		_, err := leaf.Verify(x509.VerifyOptions{Roots: m.pool, Intermediates: inter, CurrentTime: now, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}})
 		if err == nil {
 			return m, nil
 		}
 		var unknown x509.UnknownAuthorityError
 		if !errors.As(err, &unknown) && firstErr == nil {
-			firstErr = fmt.Errorf("manufacturer %s: %w", m.Name, err)
+			firstErr = fmt.Errorf("fleet: birth certificate %q: manufacturer %s: %w: %w", leaf.Subject.String(), m.Name, ErrUntrusted, err)
 		}
 	}
 	if firstErr != nil {
 		return Manufacturer{}, firstErr
 	}
-	return Manufacturer{}, fmt.Errorf("fleet: birth certificate %q: no registered manufacturer signed it: %w", leaf.Subject.String(), ErrNotFound)
+	return Manufacturer{}, fmt.Errorf("fleet: birth certificate %q: %w", leaf.Subject.String(), ErrUnknownIssuer)
+}
+
+// mayReloadManufacturers allows one reload of the manufacturer cache for
+// unknown issuers every reloadEvery.
+func (r *Registry) mayReloadManufacturers() bool {
+	const reloadEvery = 5 * time.Second
+	now := r.now().UnixNano()
+	last := r.mfrReloaded.Load()
+	if now-last < int64(reloadEvery) {
+		return false
+	}
+	return r.mfrReloaded.CompareAndSwap(last, now)
 }

@@ -1,0 +1,364 @@
+// Package server is Ward's one composition root. It builds every component
+// from a validated config.Config, in dependency order, and runs their loops
+// and listeners as one task list until the context ends:
+//
+//	store ─┬─ audit ─┬─ fleet ─┬─ enroll ── device listener (HTTPS, mTLS, TLS 1.3)
+//	bus ───┘         ├─ access ┴─ api ───── admin listener (HTTP on loopback)
+//	pki (CA) ────────┘
+//
+// On a fresh data directory it creates a demonstration CA and a bootstrap
+// admin token, and says so loudly. Shutdown is graceful: listeners stop
+// accepting, in-flight requests finish (up to ShutdownTimeout), then the bus
+// and the store close.
+package server
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/wardhq/ward/internal/access"
+	"github.com/wardhq/ward/internal/api"
+	"github.com/wardhq/ward/internal/audit"
+	"github.com/wardhq/ward/internal/bus"
+	"github.com/wardhq/ward/internal/config"
+	"github.com/wardhq/ward/internal/enroll"
+	"github.com/wardhq/ward/internal/fleet"
+	"github.com/wardhq/ward/internal/pki"
+	"github.com/wardhq/ward/internal/store"
+)
+
+// ShutdownTimeout bounds how long in-flight requests may take at shutdown.
+const ShutdownTimeout = 15 * time.Second
+
+// demoPassphraseFile holds the passphrase of a CA that ward serve created
+// on its own. Production CAs are made with ward ca init instead.
+const demoPassphraseFile = "demo-passphrase"
+
+// Server is a built Ward node, ready to Run.
+type Server struct {
+	cfg    config.Config
+	log    *slog.Logger
+	store  *store.Store
+	bus    *bus.Bus
+	ca     *pki.Authority
+	fleet  *fleet.Registry
+	enroll *enroll.Server
+	admin  http.Handler
+
+	serverCert atomic.Pointer[tls.Certificate]
+
+	deviceLn, adminLn net.Listener
+	// Ready is closed once both listeners accept connections.
+	ready chan struct{}
+}
+
+// Option adjusts a Server for tests.
+type Option func(*options)
+
+type options struct {
+	now        func() time.Time
+	listenHook func(deviceAddr, adminAddr net.Addr)
+}
+
+// WithClock pins the time for everything that issues or expires.
+func WithClock(now func() time.Time) Option { return func(o *options) { o.now = now } }
+
+// WithListenHook is told the listeners' addresses once they are bound
+// (useful with port 0).
+func WithListenHook(f func(deviceAddr, adminAddr net.Addr)) Option {
+	return func(o *options) { o.listenHook = f }
+}
+
+// New builds every component. It opens the store and the bus, and creates
+// the CA and the bootstrap admin token on a fresh data directory.
+func New(ctx context.Context, cfg config.Config, log *slog.Logger, opts ...Option) (s *Server, err error) {
+	o := options{now: time.Now}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	if err := os.MkdirAll(cfg.Data, 0o700); err != nil {
+		return nil, fmt.Errorf("server: data directory: %w", err)
+	}
+	s = &Server{cfg: cfg, log: log, ready: make(chan struct{})}
+	defer func() {
+		if err != nil {
+			s.close()
+		}
+	}()
+
+	if s.store, err = store.Open(ctx, cfg.StoreURL()); err != nil {
+		return nil, err
+	}
+	log.Info("store open", "store", s.store.String())
+
+	if s.bus, err = bus.Open(bus.Config{URL: cfg.Bus, Dir: cfg.BusDir(), Name: cfg.NodeName, Logger: log.With("component", "bus")}); err != nil {
+		return nil, err
+	}
+	log.Info("bus connected", "embedded", s.bus.Embedded())
+
+	if s.ca, err = openCA(cfg, log, o.now); err != nil {
+		return nil, err
+	}
+
+	auditLog := audit.New(s.store, o.now)
+	s.fleet, err = fleet.New(ctx, fleet.Config{
+		Store: s.store, Audit: auditLog, Now: o.now,
+		OnRevoke: func(serials []string) {
+			b, _ := json.Marshal(serials)
+			if err := s.bus.Conn.Publish(bus.SubjectRevoked, b); err != nil {
+				log.Error("publish revocation", "err", err)
+			}
+		},
+	})
+	if err != nil {
+		return nil, err
+	}
+
+	tokens := access.NewTokens(access.TokensConfig{Store: s.store, Audit: auditLog, Now: o.now})
+	secret, created, err := tokens.Bootstrap(ctx, cfg.AdminTokenPath())
+	if err != nil {
+		return nil, err
+	}
+	if created {
+		log.Warn("created the bootstrap admin token; it is shown once here and kept in the data directory (mode 0600) for ward commands on this host",
+			"token_file", cfg.AdminTokenPath())
+		fmt.Fprintf(os.Stderr, "\n  Bootstrap admin token (shown once): %s\n  Also written to %s\n\n", secret, cfg.AdminTokenPath())
+	}
+
+	if s.enroll, err = enroll.New(enroll.Config{
+		CA: s.ca, Fleet: s.fleet, Store: s.store, Audit: auditLog,
+		Logger:     log.With("component", "enroll"),
+		MaxBody:    cfg.Enroll.MaxBodyBytes,
+		RetryAfter: time.Duration(cfg.Enroll.RetryAfter),
+		RateLimit:  cfg.Enroll.RateLimit,
+		Now:        o.now,
+	}); err != nil {
+		return nil, err
+	}
+
+	if s.admin, err = api.New(api.Config{
+		Fleet: s.fleet, Audit: auditLog, Tokens: tokens, CA: s.ca,
+		Ready:   s.readyCheck,
+		Logger:  log.With("component", "api"),
+		Version: Version,
+	}); err != nil {
+		return nil, err
+	}
+
+	if err := s.renewServerCert(); err != nil {
+		return nil, err
+	}
+
+	if s.deviceLn, err = net.Listen("tcp", cfg.DeviceAddr); err != nil {
+		return nil, fmt.Errorf("server: device listener: %w", err)
+	}
+	if s.adminLn, err = net.Listen("tcp", cfg.AdminAddr); err != nil {
+		return nil, fmt.Errorf("server: admin listener: %w", err)
+	}
+	if o.listenHook != nil {
+		o.listenHook(s.deviceLn.Addr(), s.adminLn.Addr())
+	}
+	return s, nil
+}
+
+// openCA opens the CA in the data directory, creating a demonstration CA
+// when there is none.
+func openCA(cfg config.Config, log *slog.Logger, now func() time.Time) (*pki.Authority, error) {
+	dir := cfg.CADir()
+	demoFile := filepath.Join(dir, demoPassphraseFile)
+	if !pki.Initialised(dir) {
+		pass, err := pki.ReadPassphrase("WARD_CA_PASSPHRASE", cfg.CA.PassphraseFile)
+		if err != nil {
+			// No passphrase given: a demo CA whose passphrase sits beside it.
+			var b [32]byte
+			if _, err := rand.Read(b[:]); err != nil {
+				return nil, err
+			}
+			pass = []byte(base64.RawURLEncoding.EncodeToString(b[:]))
+			if err := os.MkdirAll(dir, 0o700); err != nil {
+				return nil, fmt.Errorf("server: %w", err)
+			}
+			if err := os.WriteFile(demoFile, pass, 0o600); err != nil {
+				return nil, fmt.Errorf("server: %w", err)
+			}
+		}
+		if err := pki.Init(pki.InitConfig{Dir: dir, Passphrase: pass, Name: cfg.CA.Name, Now: now}); err != nil {
+			return nil, err
+		}
+		log.Warn(strings.Repeat("*", 72))
+		log.Warn("created a NEW certificate authority in the data directory; its root key is on this server",
+			"dir", dir)
+		log.Warn("for production, create the CA with `ward ca init --root-key-out` and keep the root key offline (docs/operations.md)")
+		log.Warn(strings.Repeat("*", 72))
+	}
+	pass, err := pki.ReadPassphrase("WARD_CA_PASSPHRASE", cfg.CA.PassphraseFile)
+	if err != nil {
+		b, ferr := os.ReadFile(demoFile)
+		if ferr != nil {
+			return nil, fmt.Errorf("server: the CA key passphrase is needed: set WARD_CA_PASSPHRASE or ca.passphrase_file")
+		}
+		log.Warn("using the demonstration CA passphrase stored beside the CA key; not for production", "file", demoFile)
+		pass = b
+	}
+	ca, err := pki.Open(pki.Config{Dir: dir, Passphrase: pass, Lifetime: time.Duration(cfg.CA.CertLifetime), Now: now})
+	if err != nil {
+		return nil, err
+	}
+	log.Info("CA ready", "root", pki.Fingerprint(ca.Root()), "issuer", ca.Issuer().Subject.CommonName,
+		"device_cert_lifetime", time.Duration(cfg.CA.CertLifetime).String())
+	return ca, nil
+}
+
+// renewServerCert issues the device listener's TLS certificate.
+func (s *Server) renewServerCert() error {
+	var (
+		dns []string
+		ips []net.IP
+	)
+	for _, n := range s.cfg.DeviceNames {
+		if ip := net.ParseIP(n); ip != nil {
+			ips = append(ips, ip)
+		} else {
+			dns = append(dns, n)
+		}
+	}
+	c, err := s.ca.IssueServer(dns, ips)
+	if err != nil {
+		return fmt.Errorf("server: device listener certificate: %w", err)
+	}
+	s.serverCert.Store(&c)
+	return nil
+}
+
+func (s *Server) readyCheck(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	return errors.Join(s.store.Ping(ctx), s.bus.Ping(ctx))
+}
+
+// Ready is closed when both listeners serve.
+func (s *Server) Ready() <-chan struct{} { return s.ready }
+
+// Run serves until ctx ends, then shuts down gracefully and closes
+// everything New opened.
+func (s *Server) Run(ctx context.Context) error {
+	defer s.close()
+	errLog := slog.NewLogLogger(s.log.With("component", "http").Handler(), slog.LevelWarn)
+
+	tlsCfg := s.enroll.TLSConfig(tls.Certificate{})
+	tlsCfg.Certificates = nil
+	tlsCfg.GetCertificate = func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return s.serverCert.Load(), nil }
+	device := &http.Server{
+		Handler:           s.enroll.Handler(),
+		TLSConfig:         tlsCfg,
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		IdleTimeout:       90 * time.Second,
+		MaxHeaderBytes:    16 << 10,
+		ErrorLog:          errLog,
+	}
+	admin := &http.Server{
+		Handler:           s.admin,
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      60 * time.Second,
+		IdleTimeout:       120 * time.Second,
+		MaxHeaderBytes:    32 << 10,
+		ErrorLog:          errLog,
+	}
+
+	sub, err := s.bus.Conn.Subscribe(bus.SubjectRevoked, func(*nats.Msg) {
+		rctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := s.fleet.ReloadRevocations(rctx); err != nil {
+			s.log.Error("reload revocations", "err", err)
+		}
+	})
+	if err != nil {
+		return fmt.Errorf("server: subscribe: %w", err)
+	}
+	defer sub.Unsubscribe()
+
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		s.log.Info("device listener (EST over mutual TLS 1.3)", "addr", s.deviceLn.Addr().String())
+		if err := device.ServeTLS(s.deviceLn, "", ""); !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("server: device listener: %w", err)
+		}
+		return nil
+	})
+	g.Go(func() error {
+		s.log.Info("admin listener (API)", "addr", "http://"+s.adminLn.Addr().String())
+		if err := admin.Serve(s.adminLn); !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("server: admin listener: %w", err)
+		}
+		return nil
+	})
+	g.Go(func() error { return s.renewLoop(gctx) })
+	g.Go(func() error {
+		<-gctx.Done()
+		s.log.Info("shutting down")
+		sctx, cancel := context.WithTimeout(context.Background(), ShutdownTimeout)
+		defer cancel()
+		return errors.Join(device.Shutdown(sctx), admin.Shutdown(sctx))
+	})
+	close(s.ready)
+	err = g.Wait()
+	s.log.Info("stopped")
+	return err
+}
+
+// renewLoop re-issues the device listener's certificate well before it
+// expires.
+func (s *Server) renewLoop(ctx context.Context) error {
+	t := time.NewTicker(time.Hour)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+			c := s.serverCert.Load()
+			if c.Leaf == nil || time.Until(c.Leaf.NotAfter) > 30*24*time.Hour {
+				continue
+			}
+			if err := s.renewServerCert(); err != nil {
+				s.log.Error("renew device listener certificate", "err", err)
+			}
+		}
+	}
+}
+
+func (s *Server) close() {
+	if s.deviceLn != nil {
+		s.deviceLn.Close()
+	}
+	if s.adminLn != nil {
+		s.adminLn.Close()
+	}
+	if s.bus != nil {
+		if err := s.bus.Close(); err != nil {
+			s.log.Warn("bus close", "err", err)
+		}
+	}
+	if s.store != nil {
+		s.store.Close()
+	}
+}

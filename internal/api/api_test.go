@@ -238,7 +238,7 @@ func issueTo(t *testing.T, e *apitest.Env, deviceID, serial string) *x509.Certif
 	if err != nil {
 		t.Fatal(err)
 	}
-	csr, err := x509.ParseCertificateRequest(der)
+	csr, err := pki.ParseCSR(der)
 	if err != nil {
 		t.Fatal(err)
 	}

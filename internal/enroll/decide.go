@@ -96,7 +96,7 @@ func peer(r *http.Request) (*x509.Certificate, []*x509.Certificate) {
 }
 
 // readCSR checks the media type, reads the body and parses the CSR.
-func (s *Server) readCSR(w http.ResponseWriter, r *http.Request) (*x509.CertificateRequest, error) {
+func (s *Server) readCSR(w http.ResponseWriter, r *http.Request) (*pki.CSR, error) {
 	if err := checkMediaType(r.Header.Get("Content-Type")); err != nil {
 		return nil, err
 	}
@@ -138,7 +138,7 @@ func (s *Server) simpleEnroll(ctx context.Context, w http.ResponseWriter, r *htt
 	if err != nil {
 		return result{}, err
 	}
-	if got := pki.SubjectSerial(csr.Subject); got != serial {
+	if got := pki.SubjectSerial(csr.Request().Subject); got != serial {
 		return result{}, refuse(ErrBadRequest, "certificate request serialNumber %q differs from the birth certificate's %q", got, serial)
 	}
 
@@ -247,7 +247,7 @@ func (s *Server) simpleReenroll(ctx context.Context, w http.ResponseWriter, r *h
 	if err != nil {
 		return result{}, err
 	}
-	if got := pki.SubjectSerial(csr.Subject); got != d.Serial {
+	if got := pki.SubjectSerial(csr.Request().Subject); got != d.Serial {
 		return result{}, refuse(ErrBadRequest, "certificate request serialNumber %q differs from the device's %q", got, d.Serial)
 	}
 	cert, err := s.issue(ctx, a, csr, d)
@@ -274,7 +274,7 @@ func (s *Server) createPending(ctx context.Context, a *attempt, mfr fleet.Manufa
 
 // issue signs the certificate outside any transaction, then records it with
 // its audit entry in one.
-func (s *Server) issue(ctx context.Context, a *attempt, csr *x509.CertificateRequest, d fleet.Device) (*x509.Certificate, error) {
+func (s *Server) issue(ctx context.Context, a *attempt, csr *pki.CSR, d fleet.Device) (*x509.Certificate, error) {
 	cert, err := s.ca.IssueDevice(csr, pki.DeviceIdentity{ID: d.ID, Serial: d.Serial, Manufacturer: d.Manufacturer, Model: d.Model})
 	if errors.Is(err, pki.ErrWeakKey) {
 		return nil, refuse(ErrBadRequest, "certificate request key not accepted: use ECDSA P-256/P-384, Ed25519 or RSA of at least 2048 bits")

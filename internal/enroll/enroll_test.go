@@ -332,7 +332,7 @@ func TestReenrollChecksRegistry(t *testing.T) {
 		// admitted and the certificate not revoked, so renewal works.
 		key := newKey(t)
 		der, _ := pki.NewCSR(key, "x", "SN-5005")
-		csr, _ := x509.ParseCertificateRequest(der)
+		csr, _ := pki.ParseCSR(der)
 		stray, err := f.ca.IssueDevice(csr, pki.DeviceIdentity{ID: d.ID, Serial: "SN-5005"})
 		if err != nil {
 			t.Fatal(err)

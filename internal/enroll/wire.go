@@ -14,6 +14,8 @@ import (
 	"strings"
 
 	"github.com/smallstep/pkcs7"
+
+	"github.com/wardhq/ward/internal/pki"
 )
 
 // Media types.
@@ -52,7 +54,7 @@ func readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, erro
 // parseCSR decodes an EST request body (base64 of a DER PKCS#10, line
 // breaks and other whitespace allowed) and checks the request's self
 // signature. Every error is a refusal wrapping ErrBadRequest.
-func parseCSR(body []byte) (*x509.CertificateRequest, error) {
+func parseCSR(body []byte) (*pki.CSR, error) {
 	der, err := decodeBase64(body)
 	if err != nil {
 		return nil, refuse(ErrBadRequest, "body is not base64: %v", err)
@@ -60,11 +62,12 @@ func parseCSR(body []byte) (*x509.CertificateRequest, error) {
 	if len(der) == 0 {
 		return nil, refuse(ErrBadRequest, "empty certificate request")
 	}
-	csr, err := x509.ParseCertificateRequest(der)
+	req, err := x509.ParseCertificateRequest(der)
 	if err != nil {
 		return nil, refuse(ErrBadRequest, "body is not a PKCS#10 certificate request")
 	}
-	if err := csr.CheckSignature(); err != nil {
+	csr, err := pki.CheckCSR(req)
+	if err != nil {
 		return nil, refuse(ErrBadRequest, "certificate request signature does not verify")
 	}
 	return csr, nil

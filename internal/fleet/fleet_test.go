@@ -69,7 +69,10 @@ func (f *fixture) issue(t *testing.T, d fleet.Device) *x509.Certificate {
 	if err != nil {
 		t.Fatal(err)
 	}
-	csr, _ := x509.ParseCertificateRequest(der)
+	csr, err := pki.ParseCSR(der)
+	if err != nil {
+		t.Fatal(err)
+	}
 	cert, err := f.ca.IssueDevice(csr, pki.DeviceIdentity{ID: d.ID, Serial: d.Serial, Manufacturer: d.Manufacturer})
 	if err != nil {
 		t.Fatal(err)

@@ -101,13 +101,13 @@ func newP256(tb testing.TB) *ecdsa.PrivateKey {
 	return k
 }
 
-func newCSR(tb testing.TB, key crypto.Signer, cn, serial string) *x509.CertificateRequest {
+func newCSR(tb testing.TB, key crypto.Signer, cn, serial string) *CSR {
 	tb.Helper()
 	der, err := NewCSR(key, cn, serial)
 	if err != nil {
 		tb.Fatal(err)
 	}
-	csr, err := x509.ParseCertificateRequest(der)
+	csr, err := ParseCSR(der)
 	if err != nil {
 		tb.Fatal(err)
 	}

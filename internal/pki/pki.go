@@ -329,18 +329,49 @@ type DeviceIdentity struct {
 	Model        string // subject OU, omitted when empty
 }
 
+// ErrBadCSR is returned for a certificate request that does not parse or
+// whose self-signature does not verify.
+var ErrBadCSR = errors.New("pki: bad certificate request")
+
+// CSR is a certificate request whose self-signature, the requester's proof
+// that it holds the private key, has been checked. Only ParseCSR and CheckCSR
+// make one, so IssueDevice cannot sign an unchecked key, and the check (an
+// ECDSA verification, the costliest step of issuance after signing) is made
+// exactly once.
+type CSR struct{ req *x509.CertificateRequest }
+
+// ParseCSR parses a DER PKCS#10 request and checks its signature.
+func ParseCSR(der []byte) (*CSR, error) {
+	req, err := x509.ParseCertificateRequest(der)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrBadCSR, err)
+	}
+	return CheckCSR(req)
+}
+
+// CheckCSR checks a parsed request's signature.
+func CheckCSR(req *x509.CertificateRequest) (*CSR, error) {
+	if req == nil {
+		return nil, fmt.Errorf("%w: none", ErrBadCSR)
+	}
+	if err := req.CheckSignature(); err != nil {
+		return nil, fmt.Errorf("%w: signature does not verify: %v", ErrBadCSR, err)
+	}
+	return &CSR{req: req}, nil
+}
+
+// Request returns the parsed request.
+func (c *CSR) Request() *x509.CertificateRequest { return c.req }
+
 // IssueDevice signs an operational certificate (LDevID) for the CSR's public
-// key. The caller must have checked the CSR and the device's right to id; the
-// CSR signature is checked again here.
-func (a *Authority) IssueDevice(csr *x509.CertificateRequest, id DeviceIdentity) (*x509.Certificate, error) {
-	if csr == nil {
+// key. The caller must have checked the device's right to id.
+func (a *Authority) IssueDevice(checked *CSR, id DeviceIdentity) (*x509.Certificate, error) {
+	if checked == nil || checked.req == nil {
 		return nil, errors.New("pki: issue device: no CSR")
 	}
+	csr := checked.req
 	if err := ValidDeviceID(id.ID); err != nil {
 		return nil, fmt.Errorf("pki: issue device: %w", err)
-	}
-	if err := csr.CheckSignature(); err != nil {
-		return nil, fmt.Errorf("pki: issue device %s: CSR signature: %w", id.ID, err)
 	}
 	isRSA, err := checkPublicKey(csr.PublicKey)
 	if err != nil {

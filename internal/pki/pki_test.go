@@ -353,17 +353,23 @@ func TestIssueDeviceOmitsEmptyFields(t *testing.T) {
 
 func TestIssueDeviceRefuses(t *testing.T) {
 	a := testCA(t)
-	tampered := newCSR(t, newP256(t), "x", "")
+	tampered := *newCSR(t, newP256(t), "x", "").Request()
 	tampered.Signature = slices.Clone(tampered.Signature)
 	tampered.Signature[len(tampered.Signature)-1] ^= 1
+	if _, err := CheckCSR(&tampered); !errors.Is(err, ErrBadCSR) {
+		t.Fatalf("CheckCSR(tampered) = %v, want ErrBadCSR", err)
+	}
+	if _, err := ParseCSR([]byte("not der")); !errors.Is(err, ErrBadCSR) {
+		t.Fatalf("ParseCSR(garbage) = %v, want ErrBadCSR", err)
+	}
 	tests := []struct {
 		name    string
-		csr     *x509.CertificateRequest
+		csr     *CSR
 		id      string
 		wantErr error
 	}{
 		{"nil csr", nil, "d1", nil},
-		{"bad csr signature", tampered, "d1", nil},
+		{"zero CSR", &CSR{}, "d1", nil},
 		{"empty id", newCSR(t, newP256(t), "x", ""), "", ErrInvalidDeviceID},
 		{"uppercase id", newCSR(t, newP256(t), "x", ""), "Pump1", ErrInvalidDeviceID},
 		{"slash in id", newCSR(t, newP256(t), "x", ""), "a/b", ErrInvalidDeviceID},
@@ -965,7 +971,7 @@ func TestConcurrentIssueAndVerify(t *testing.T) {
 	a := at(testCA(t), t0)
 	a.rand = randReader(rand.Reader) // a caller's reader, serialised by Authority
 	errc := make(chan error, 16)
-	csrs := make([]*x509.CertificateRequest, 16)
+	csrs := make([]*CSR, 16)
 	for i := range csrs {
 		csrs[i] = newCSR(t, newP256(t), "x", "")
 	}

@@ -77,6 +77,65 @@ type Store struct {
 
 	mu     sync.RWMutex
 	rebind map[string]string
+
+	// Prepared statements, SQLite only: modernc re-parses every statement
+	// it is not given prepared, and parsing costs more than running most
+	// of Ward's queries. pgx caches prepared statements itself.
+	readStmts, writeStmts stmtCache
+}
+
+// stmtCache holds prepared statements by query text. Ward's queries are
+// constants, so it stays small; past maxStmts it stops adding.
+type stmtCache struct {
+	mu sync.RWMutex
+	m  map[string]*sql.Stmt
+}
+
+const maxStmts = 512
+
+func (c *stmtCache) lookup(q string) *sql.Stmt {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.m[q]
+}
+
+// get returns the prepared statement for q, preparing it if needed. The
+// cache's lock is never held while preparing: preparing may wait for the
+// write connection, and the transaction holding it may need the cache.
+func (c *stmtCache) get(ctx context.Context, db *sql.DB, q string) (*sql.Stmt, error) {
+	if st := c.lookup(q); st != nil {
+		return st, nil
+	}
+	c.mu.RLock()
+	full := len(c.m) >= maxStmts
+	c.mu.RUnlock()
+	if full {
+		return nil, nil
+	}
+	st, err := db.PrepareContext(ctx, q)
+	if err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if prev := c.m[q]; prev != nil {
+		st.Close()
+		return prev, nil
+	}
+	if c.m == nil {
+		c.m = map[string]*sql.Stmt{}
+	}
+	c.m[q] = st
+	return st, nil
+}
+
+func (c *stmtCache) close() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, st := range c.m {
+		st.Close()
+	}
+	c.m = nil
 }
 
 var (
@@ -223,6 +282,8 @@ func (s *Store) String() string { return string(s.dialect) + " " + s.where }
 
 // Close closes every connection.
 func (s *Store) Close() error {
+	s.readStmts.close()
+	s.writeStmts.close()
 	err := s.read.Close()
 	if s.write != s.read {
 		err = errors.Join(err, s.write.Close())
@@ -275,37 +336,85 @@ func (s *Store) Rebind(q string) string {
 
 // ExecContext runs a statement outside any transaction, on the write side.
 func (s *Store) ExecContext(ctx context.Context, q string, args ...any) (sql.Result, error) {
+	if st := s.prepared(ctx, &s.writeStmts, s.write, q); st != nil {
+		return st.ExecContext(ctx, normalize(args)...)
+	}
 	return s.write.ExecContext(ctx, s.Rebind(q), normalize(args)...)
 }
 
 // QueryContext runs a read query.
 func (s *Store) QueryContext(ctx context.Context, q string, args ...any) (*sql.Rows, error) {
+	if st := s.prepared(ctx, &s.readStmts, s.read, q); st != nil {
+		return st.QueryContext(ctx, normalize(args)...)
+	}
 	return s.read.QueryContext(ctx, s.Rebind(q), normalize(args)...)
 }
 
 // QueryRowContext runs a read query that returns at most one row.
 func (s *Store) QueryRowContext(ctx context.Context, q string, args ...any) *sql.Row {
+	if st := s.prepared(ctx, &s.readStmts, s.read, q); st != nil {
+		return st.QueryRowContext(ctx, normalize(args)...)
+	}
 	return s.read.QueryRowContext(ctx, s.Rebind(q), normalize(args)...)
+}
+
+// prepared returns a cached prepared statement for q on SQLite, or nil to
+// run q unprepared (PostgreSQL, a full cache, or a statement that does not
+// prepare, whose error the unprepared run then reports).
+func (s *Store) prepared(ctx context.Context, c *stmtCache, db *sql.DB, q string) *sql.Stmt {
+	if s.dialect != SQLite {
+		return nil
+	}
+	st, err := c.get(ctx, db, q)
+	if err != nil {
+		return nil
+	}
+	return st
 }
 
 // Tx is a write transaction. Its queries use `?` placeholders.
 type Tx struct {
-	s  *Store
-	tx *sql.Tx
+	s      *Store
+	tx     *sql.Tx
+	missed []string // SQLite statements to prepare once the connection is free
+}
+
+// stmt returns the prepared statement for q if there is one. It never
+// prepares: the transaction holds SQLite's only write connection, so
+// preparing on the pool here would wait for it forever. Tx prepares the
+// statements it missed after it ends.
+func (t *Tx) stmt(q string) *sql.Stmt {
+	if t.s.dialect != SQLite {
+		return nil
+	}
+	st := t.s.writeStmts.lookup(q)
+	if st == nil && len(t.missed) < 32 {
+		t.missed = append(t.missed, q)
+	}
+	return st
 }
 
 // ExecContext runs a statement in the transaction.
 func (t *Tx) ExecContext(ctx context.Context, q string, args ...any) (sql.Result, error) {
+	if st := t.stmt(q); st != nil {
+		return t.tx.StmtContext(ctx, st).ExecContext(ctx, normalize(args)...)
+	}
 	return t.tx.ExecContext(ctx, t.s.Rebind(q), normalize(args)...)
 }
 
 // QueryContext runs a query in the transaction.
 func (t *Tx) QueryContext(ctx context.Context, q string, args ...any) (*sql.Rows, error) {
+	if st := t.stmt(q); st != nil {
+		return t.tx.StmtContext(ctx, st).QueryContext(ctx, normalize(args)...)
+	}
 	return t.tx.QueryContext(ctx, t.s.Rebind(q), normalize(args)...)
 }
 
 // QueryRowContext runs a single-row query in the transaction.
 func (t *Tx) QueryRowContext(ctx context.Context, q string, args ...any) *sql.Row {
+	if st := t.stmt(q); st != nil {
+		return t.tx.StmtContext(ctx, st).QueryRowContext(ctx, normalize(args)...)
+	}
 	return t.tx.QueryRowContext(ctx, t.s.Rebind(q), normalize(args)...)
 }
 
@@ -321,6 +430,11 @@ func (s *Store) Tx(ctx context.Context, fn func(tx *Tx) error) (err error) {
 		return fmt.Errorf("store: begin: %w", err)
 	}
 	tx := &Tx{s: s, tx: sqlTx}
+	defer func() {
+		for _, q := range tx.missed {
+			_, _ = s.writeStmts.get(ctx, s.write, q)
+		}
+	}()
 	defer func() {
 		if p := recover(); p != nil {
 			_ = sqlTx.Rollback()

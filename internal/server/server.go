@@ -20,6 +20,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -72,9 +73,14 @@ type Server struct {
 type Option func(*options)
 
 type options struct {
+	notice     io.Writer
 	now        func() time.Time
 	listenHook func(deviceAddr, adminAddr net.Addr)
 }
+
+// WithNotice sends the one-time notices meant for the person starting Ward
+// (the bootstrap admin token) to w instead of standard error.
+func WithNotice(w io.Writer) Option { return func(o *options) { o.notice = w } }
 
 // WithClock pins the time for everything that issues or expires.
 func WithClock(now func() time.Time) Option { return func(o *options) { o.now = now } }
@@ -88,7 +94,7 @@ func WithListenHook(f func(deviceAddr, adminAddr net.Addr)) Option {
 // New builds every component. It opens the store and the bus, and creates
 // the CA and the bootstrap admin token on a fresh data directory.
 func New(ctx context.Context, cfg config.Config, log *slog.Logger, opts ...Option) (s *Server, err error) {
-	o := options{now: time.Now}
+	o := options{now: time.Now, notice: os.Stderr}
 	for _, opt := range opts {
 		opt(&o)
 	}
@@ -138,7 +144,7 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger, opts ...Optio
 	if created {
 		log.Warn("created the bootstrap admin token; it is shown once here and kept in the data directory (mode 0600) for ward commands on this host",
 			"token_file", cfg.AdminTokenPath())
-		fmt.Fprintf(os.Stderr, "\n  Bootstrap admin token (shown once): %s\n  Also written to %s\n\n", secret, cfg.AdminTokenPath())
+		fmt.Fprintf(o.notice, "\n  Bootstrap admin token (shown once): %s\n  Also written to %s\n\n", secret, cfg.AdminTokenPath())
 	}
 
 	if s.enroll, err = enroll.New(enroll.Config{

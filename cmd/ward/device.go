@@ -132,6 +132,8 @@ func siteUnit(d client.Device) string {
 		return ""
 	case d.Unit == "":
 		return d.Site
+	case d.Site == "":
+		return d.Unit
 	}
 	return d.Site + "/" + d.Unit
 }

@@ -252,10 +252,22 @@ func (s *Server) renewServerCert() error {
 	return nil
 }
 
+// readyCheck reports whether the store and the bus answer. /readyz is
+// open to anyone who can reach the admin listener, so the reasons it gives
+// are fixed words; the underlying errors go to the log.
 func (s *Server) readyCheck(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	return errors.Join(s.store.Ping(ctx), s.bus.Ping(ctx))
+	var errs []error
+	if err := s.store.Ping(ctx); err != nil {
+		s.log.Warn("readiness: store", "err", err)
+		errs = append(errs, errors.New("store not answering"))
+	}
+	if err := s.bus.Ping(ctx); err != nil {
+		s.log.Warn("readiness: bus", "err", err)
+		errs = append(errs, errors.New("bus not answering"))
+	}
+	return errors.Join(errs...)
 }
 
 // Ready is closed when both listeners serve.

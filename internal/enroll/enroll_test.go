@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -205,6 +206,23 @@ func TestRefusals(t *testing.T) {
 			t.Fatal(err)
 		}
 		active, activeBirth, activeLDevID := f.enrolled("SN-ACTIVE")
+		// An operational certificate of the active device that expired a
+		// minute ago: issued by the same CA, its clock set 3 minutes back,
+		// for 2 minutes. (Not earlier: the issuing CA itself was made at
+		// the start of this test binary, valid from 5 minutes before.)
+		past, err := pki.Open(pki.Config{Dir: filepath.Join(caDir, "ca"), Passphrase: []byte(testPass), Lifetime: 2 * time.Minute,
+			Now: func() time.Time { return time.Now().Add(-3 * time.Minute) }})
+		if err != nil {
+			t.Fatal(err)
+		}
+		oldKey := newKey(t)
+		oldCSR, _ := pki.NewCSR(oldKey, active.ID, "SN-ACTIVE")
+		oldChecked, _ := pki.ParseCSR(oldCSR)
+		oldCert, err := past.IssueDevice(oldChecked, pki.DeviceIdentity{ID: active.ID, Serial: "SN-ACTIVE"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		expiredLDevID := tls.Certificate{Certificate: [][]byte{oldCert.Raw}, PrivateKey: oldKey}
 
 		good := f.birth("SN-3003")
 		f.preregister("SN-3003")
@@ -257,6 +275,7 @@ func TestRefusals(t *testing.T) {
 			{name: "rejected device", certs: []tls.Certificate{rejectedBirth}, path: PathSimpleEnroll, body: csrBody(t, key, "SN-REJECTED"), status: 403, reason: "is revoked", actor: "birthcert:"},
 			{name: "simplereenroll with a birth certificate", certs: []tls.Certificate{activeBirth}, path: PathSimpleReenroll, body: csrBody(t, key, "SN-ACTIVE"), status: 403, reason: "requires the operational certificate", actor: "birthcert:"},
 			{name: "simpleenroll with an operational certificate", certs: []tls.Certificate{activeLDevID}, path: PathSimpleEnroll, body: csrBody(t, key, "SN-ACTIVE"), status: 403, reason: "use simplereenroll", actor: "device:" + active.ID},
+			{name: "simplereenroll with an expired operational certificate", certs: []tls.Certificate{expiredLDevID}, path: PathSimpleReenroll, body: csrBody(t, key, "SN-ACTIVE"), status: 403, reason: "expired", actor: "device:" + active.ID},
 			{name: "simplereenroll CSR for another serial", certs: []tls.Certificate{activeLDevID}, path: PathSimpleReenroll, body: csrBody(t, key, "SN-3003"), status: 400, reason: "differs", actor: "device:" + active.ID},
 		}
 		for _, tc := range tests {

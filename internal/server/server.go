@@ -93,7 +93,7 @@ func WithListenHook(f func(deviceAddr, adminAddr net.Addr)) Option {
 
 // New builds every component. It opens the store and the bus, and creates
 // the CA and the bootstrap admin token on a fresh data directory.
-func New(ctx context.Context, cfg config.Config, log *slog.Logger, opts ...Option) (s *Server, err error) {
+func New(ctx context.Context, cfg config.Config, log *slog.Logger, opts ...Option) (_ *Server, err error) {
 	o := options{now: time.Now, notice: os.Stderr}
 	for _, opt := range opts {
 		opt(&o)
@@ -101,7 +101,7 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger, opts ...Optio
 	if err := os.MkdirAll(cfg.Data, 0o700); err != nil {
 		return nil, fmt.Errorf("server: data directory: %w", err)
 	}
-	s = &Server{cfg: cfg, log: log, ready: make(chan struct{})}
+	s := &Server{cfg: cfg, log: log, ready: make(chan struct{})}
 	defer func() {
 		if err != nil {
 			s.close()

@@ -237,3 +237,30 @@ func tryEnroll(addr string, root *x509.Certificate, cert tls.Certificate, op str
 	}
 	return issued{p7.Certificates[0], key}, nil
 }
+
+// A wrong CA passphrase stops New with a clear error, closing what it
+// opened, and the passphrase appears nowhere in the error.
+func TestWrongCAPassphrase(t *testing.T) {
+	cfg := config.Default()
+	cfg.Data = t.TempDir()
+	cfg.DeviceAddr, cfg.AdminAddr = "127.0.0.1:0", "127.0.0.1:0"
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if err := pki.Init(pki.InitConfig{Dir: cfg.CADir(), Passphrase: []byte("the right passphrase")}); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("WARD_CA_PASSPHRASE", "a wrong passphrase")
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	_, err := server.New(context.Background(), cfg, log, server.WithNotice(io.Discard))
+	if err == nil || !strings.Contains(err.Error(), "wrong CA passphrase") {
+		t.Fatalf("New = %v, want a wrong-passphrase error", err)
+	}
+	if strings.Contains(err.Error(), "a wrong passphrase") || strings.Contains(err.Error(), "the right passphrase") {
+		t.Fatalf("error holds a passphrase: %v", err)
+	}
+	// The store was closed: it opens again at once.
+	t.Setenv("WARD_CA_PASSPHRASE", "the right passphrase")
+	n := startNode(t, cfg)
+	n.stop(t)
+}

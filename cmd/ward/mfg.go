@@ -1,6 +1,7 @@
 package main
 
 import (
+	"crypto"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -39,22 +40,14 @@ func newMfgInitCACmd(g *globals) *cobra.Command {
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			certPath, keyPath := filepath.Join(out, "ca.crt"), filepath.Join(out, "ca.key")
-			for _, p := range []string{certPath, keyPath} {
-				if _, err := os.Stat(p); err == nil {
-					return fmt.Errorf("%s exists; refusing to replace a CA", p)
-				}
+			if err := refuseExisting(certPath, keyPath); err != nil {
+				return err
 			}
 			c, key, err := pki.NewManufacturerCA(pki.ManufacturerCAConfig{Name: name})
 			if err != nil {
 				return err
 			}
-			if err := os.MkdirAll(out, 0o700); err != nil {
-				return err
-			}
-			if err := pki.WriteKeyFile(keyPath, key, nil); err != nil {
-				return err
-			}
-			if err := writeNewFile(certPath, pki.EncodeCertificates(c), 0o644); err != nil {
+			if err := writePair(out, certPath, keyPath, c, key); err != nil {
 				return err
 			}
 			return g.render(cmd, map[string]string{
@@ -100,24 +93,14 @@ are written as "_". Test tool.`,
 			}
 			base := fileSafe(serial)
 			certPath, keyPath := filepath.Join(out, base+".crt"), filepath.Join(out, base+".key")
-			for _, p := range []string{certPath, keyPath} {
-				if _, err := os.Stat(p); err == nil {
-					return fmt.Errorf("%s exists; refusing to replace it", p)
-				} else if !errors.Is(err, fs.ErrNotExist) {
-					return err
-				}
+			if err := refuseExisting(certPath, keyPath); err != nil {
+				return err
 			}
 			cert, key, err := pki.MintBirthCertificate(pki.BirthConfig{CA: cas[0], CAKey: caKey, Serial: serial, Model: model})
 			if err != nil {
 				return err
 			}
-			if err := os.MkdirAll(out, 0o700); err != nil {
-				return err
-			}
-			if err := pki.WriteKeyFile(keyPath, key, nil); err != nil {
-				return err
-			}
-			if err := writeNewFile(certPath, pki.EncodeCertificates(cert), 0o644); err != nil {
+			if err := writePair(out, certPath, keyPath, cert, key); err != nil {
 				return err
 			}
 			return g.render(cmd, map[string]string{
@@ -155,4 +138,28 @@ func fileSafe(s string) string {
 		s = "_" + s[1:]
 	}
 	return s
+}
+
+// refuseExisting fails if any of paths exists: the mfg tools never replace
+// a key.
+func refuseExisting(paths ...string) error {
+	for _, p := range paths {
+		if _, err := os.Stat(p); err == nil {
+			return fmt.Errorf("%s exists; refusing to replace it", p)
+		} else if !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+	}
+	return nil
+}
+
+// writePair writes an unencrypted test key (0600) and its certificate.
+func writePair(dir, certPath, keyPath string, cert *x509.Certificate, key crypto.Signer) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	if err := pki.WriteKeyFile(keyPath, key, nil); err != nil {
+		return err
+	}
+	return writeNewFile(certPath, pki.EncodeCertificates(cert), 0o644)
 }

@@ -131,6 +131,11 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger, opts ...Optio
 				log.Error("publish revocation", "err", err)
 			}
 		},
+		OnManufacturersChanged: func() {
+			if err := s.bus.Conn.Publish(bus.SubjectManufacturers, nil); err != nil {
+				log.Error("publish manufacturer change", "err", err)
+			}
+		},
 	})
 	if err != nil {
 		return nil, err
@@ -313,6 +318,11 @@ func (s *Server) Run(ctx context.Context) error {
 		return fmt.Errorf("server: subscribe: %w", err)
 	}
 	defer sub.Unsubscribe()
+	mfrSub, err := s.bus.Conn.Subscribe(bus.SubjectManufacturers, func(*nats.Msg) { s.fleet.InvalidateManufacturers() })
+	if err != nil {
+		return fmt.Errorf("server: subscribe: %w", err)
+	}
+	defer mfrSub.Unsubscribe()
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
@@ -330,6 +340,7 @@ func (s *Server) Run(ctx context.Context) error {
 		return nil
 	})
 	g.Go(func() error { return s.renewLoop(gctx) })
+	s.log.Info("MQTT device gateway is not part of this version; mqtt_addr is reserved for it", "mqtt_addr", s.cfg.MQTTAddr)
 	g.Go(func() error {
 		<-gctx.Done()
 		s.log.Info("shutting down")

@@ -141,6 +141,14 @@ func TestRevocationReachesEveryNode(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Node B caches the manufacturer list (empty) and spends its reload
+	// for unknown issuers on a birth certificate nobody vouches for, so
+	// that it can learn of a manufacturer added on A only from the bus.
+	rca, rkey, _ := pki.NewManufacturerCA(pki.ManufacturerCAConfig{Name: "Rogue"})
+	rogue, rogueKey, _ := pki.MintBirthCertificate(pki.BirthConfig{CA: rca, CAKey: rkey, Serial: "SN-1"})
+	if _, err := tryEnroll(b.deviceAddr, root, tls.Certificate{Certificate: [][]byte{rogue.Raw}, PrivateKey: rogueKey}, "simpleenroll"); err == nil || !strings.Contains(err.Error(), "403") {
+		t.Fatalf("rogue birth certificate: %v, want 403", err)
+	}
 	mca, mkey, _ := pki.NewManufacturerCA(pki.ManufacturerCAConfig{Name: "Acme"})
 	if _, err := a.api.AddManufacturer(ctx, "Acme", pki.EncodeCertificates(mca)); err != nil {
 		t.Fatal(err)
@@ -151,7 +159,18 @@ func TestRevocationReachesEveryNode(t *testing.T) {
 	birth, birthKey, _ := pki.MintBirthCertificate(pki.BirthConfig{CA: mca, CAKey: mkey, Serial: "SN-1"})
 
 	// Enroll on node B (manufacturer added on A), renew on A.
-	ldev, ldevKey := enroll(t, b.deviceAddr, root, tls.Certificate{Certificate: [][]byte{birth.Raw}, PrivateKey: birthKey}, "simpleenroll")
+	birthTLS := tls.Certificate{Certificate: [][]byte{birth.Raw}, PrivateKey: birthKey}
+	var first issued
+	for deadline := time.Now().Add(2 * time.Second); ; {
+		if first, err = tryEnroll(b.deviceAddr, root, birthTLS, "simpleenroll"); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("node b does not know the manufacturer added on node a: %v", err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	ldev, ldevKey := first.cert, first.key
 	op := tls.Certificate{Certificate: [][]byte{ldev.Raw}, PrivateKey: ldevKey}
 	enroll(t, a.deviceAddr, root, op, "simplereenroll")
 

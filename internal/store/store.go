@@ -4,7 +4,8 @@
 // Two dialects share one schema and one set of domain queries:
 //
 //   - SQLite (modernc.org/sqlite, pure Go) in the data directory, the single-node
-//     default. The file runs in WAL mode with synchronous=NORMAL. Writes go
+//     default. The file runs in WAL mode with synchronous=FULL, so a commit
+//     survives a power cut as well as a crash of the process. Writes go
 //     through one dedicated connection, so writers queue in Go instead of
 //     sleeping in SQLite's busy handler; reads use a separate pool and never
 //     wait for a writer.
@@ -193,7 +194,7 @@ func openSQLite(ctx context.Context, path string) (*Store, error) {
 	q := url.Values{}
 	for _, p := range []string{
 		"journal_mode(WAL)",
-		"synchronous(NORMAL)",
+		"synchronous(FULL)",
 		"busy_timeout(10000)",
 		"foreign_keys(ON)",
 		"temp_store(MEMORY)",

@@ -270,10 +270,16 @@ func TestEndToEndEnrollment(t *testing.T) {
 				}
 			}
 
-			// Graceful stop, then a restart keeps the CA and makes no new token.
+			// kill -9, then a restart: every decision answered before the
+			// kill is still there, the CA is the same and no new token is made.
+			auditBefore := n.ward("audit", "list", "--limit", "1000", "-o", "json")
 			rootBefore, _ := os.ReadFile(filepath.Join(n.dir, "root.pem"))
-			n.stop()
+			n.cmd.Process.Kill()
+			n.cmd.Wait()
 			n.start()
+			if after := n.ward("audit", "list", "--limit", "1000", "-o", "json"); after != auditBefore {
+				t.Fatalf("audit log changed across kill -9:\nbefore %s\nafter  %s", auditBefore, after)
+			}
 			if strings.Contains(n.log.String(), "Bootstrap admin token") || strings.Contains(n.log.String(), "created a NEW certificate authority") {
 				t.Fatalf("restart created a new CA or token:\n%s", n.log)
 			}
@@ -285,7 +291,7 @@ func TestEndToEndEnrollment(t *testing.T) {
 			if out := n.ward("device", "list"); !regexp.MustCompile(`PUMP-0002 .*active`).MatchString(out) {
 				t.Fatalf("after restart: %s", out)
 			}
-			n.stop()
+			n.stop() // graceful: SIGTERM, exit status 0
 			// No secret in the logs: the token was printed once, on purpose,
 			// to the terminal; the CA passphrase never.
 			pass, _ := os.ReadFile(filepath.Join(n.data, "ca", "demo-passphrase"))

@@ -126,6 +126,10 @@ func IsConflict(err error) bool { return hasStatus(err, http.StatusConflict) }
 // IsUnauthorized reports whether the server refused the token (401).
 func IsUnauthorized(err error) bool { return hasStatus(err, http.StatusUnauthorized) }
 
+// IsForbidden reports whether the caller lacks the permission or the site
+// for what it asked (403).
+func IsForbidden(err error) bool { return hasStatus(err, http.StatusForbidden) }
+
 // do sends a request and decodes a JSON answer into out (if not nil).
 func (c *Client) do(ctx context.Context, method, path string, query url.Values, in, out any) error {
 	// path is already escaped (see refPath).
@@ -349,12 +353,12 @@ func (c *Client) Tokens(ctx context.Context) ([]Token, error) {
 
 // CreateToken creates an API token and returns its secret, which the server
 // shows only this once.
-func (c *Client) CreateToken(ctx context.Context, name string) (secret string, t Token, err error) {
+func (c *Client) CreateToken(ctx context.Context, req TokenRequest) (secret string, t Token, err error) {
 	var out struct {
 		Token  Token  `json:"token"`
 		Secret string `json:"secret"`
 	}
-	err = c.do(ctx, http.MethodPost, "/api/v1/tokens", nil, map[string]string{"name": name}, &out)
+	err = c.do(ctx, http.MethodPost, "/api/v1/tokens", nil, req, &out)
 	return out.Secret, out.Token, err
 }
 

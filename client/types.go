@@ -127,7 +127,20 @@ type AuditFilter struct {
 type Token struct {
 	ID         string     `json:"id"`
 	Name       string     `json:"name"`
+	Roles      []string   `json:"roles"`
+	Sites      []string   `json:"sites"`
 	CreatedAt  time.Time  `json:"created_at"`
+	CreatedBy  string     `json:"created_by,omitempty"`
+	ExpiresAt  *time.Time `json:"expires_at,omitempty"`
 	RevokedAt  *time.Time `json:"revoked_at,omitempty"`
 	LastUsedAt *time.Time `json:"last_used_at,omitempty"`
+}
+
+// TokenRequest asks for a new API token. The token holds at most what its
+// creator holds.
+type TokenRequest struct {
+	Name  string   `json:"name"`
+	Roles []string `json:"roles"`           // e.g. ["viewer"]
+	Sites []string `json:"sites,omitempty"` // empty: the creator's sites
+	TTL   string   `json:"ttl,omitempty"`   // e.g. "720h"; empty: 90 days
 }

@@ -170,7 +170,7 @@ func TestCLIToken(t *testing.T) {
 	c.ok("device", "list")
 	// WARD_TOKEN wins over the file.
 	t.Setenv("WARD_TOKEN", "ward_aaaaaaaaaaaaaaaa_"+strings.Repeat("A", 43))
-	if _, err := c.run("device", "list"); err == nil || !strings.Contains(err.Error(), "valid API token") {
+	if _, err := c.run("device", "list"); err == nil || !strings.Contains(err.Error(), "API token") {
 		t.Fatalf("bad WARD_TOKEN: %v", err)
 	}
 }

@@ -51,6 +51,7 @@ import (
 	"database/sql"
 	"encoding/base32"
 	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -68,10 +69,15 @@ import (
 // Errors. Callers test with errors.Is; the API maps them to HTTP statuses.
 var (
 	ErrUnauthenticated = errors.New("authentication required")
+	ErrForbidden       = errors.New("forbidden")
+	ErrLocked          = errors.New("locked out")
 	ErrNotFound        = errors.New("not found")
 	ErrInvalid         = errors.New("invalid")
 	ErrConflict        = errors.New("conflict")
 )
+
+// SessionCookie is the name of the cookie that carries a person's session.
+const SessionCookie = "ward_session"
 
 // BootstrapName is the name of the token Bootstrap creates.
 const BootstrapName = "bootstrap-admin"
@@ -91,7 +97,11 @@ var idEncoding = base32.NewEncoding("abcdefghijklmnopqrstuvwxyz234567").WithPadd
 type Token struct {
 	ID         string     `json:"id"`
 	Name       string     `json:"name"`
+	Roles      []Role     `json:"roles"`
+	Sites      []string   `json:"sites"`
 	CreatedAt  time.Time  `json:"created_at"`
+	CreatedBy  string     `json:"created_by,omitempty"`
+	ExpiresAt  *time.Time `json:"expires_at,omitempty"`
 	RevokedAt  *time.Time `json:"revoked_at,omitempty"`
 	LastUsedAt *time.Time `json:"last_used_at,omitempty"`
 }
@@ -101,6 +111,62 @@ func (t Token) Actor() string { return "token:" + t.ID }
 
 // Revoked reports whether the token was revoked.
 func (t Token) Revoked() bool { return t.RevokedAt != nil }
+
+// Principal is the token as a caller of the API.
+func (t Token) Principal() Principal {
+	return Principal{Kind: KindToken, ID: t.ID, Name: t.Name, Roles: t.Roles, Sites: t.Sites}
+}
+
+// TokenSpec describes a token to create.
+type TokenSpec struct {
+	Name  string        `json:"name"`
+	Roles []Role        `json:"roles"`          // at least one; each within the creator's own
+	Sites []string      `json:"sites"`          // empty: every site the creator may act on
+	TTL   time.Duration `json:"ttl,omitempty"` // 0: DefaultTokenTTL
+}
+
+// Token lifetimes.
+const (
+	DefaultTokenTTL = 90 * 24 * time.Hour
+	MaxTokenTTL     = 366 * 24 * time.Hour
+)
+
+// checkScope refuses a token that would hold more than its creator: a role
+// with a permission the creator lacks, or a site outside the creator's.
+func checkScope(creator Principal, spec *TokenSpec) error {
+	if len(spec.Roles) == 0 {
+		return fmt.Errorf("%w: a token needs at least one role", ErrInvalid)
+	}
+	for _, r := range spec.Roles {
+		if !r.Valid() {
+			return fmt.Errorf("%w: unknown role %q (roles: %v)", ErrInvalid, r, Roles())
+		}
+		for _, p := range r.Permissions() {
+			if !creator.Can(p) {
+				return fmt.Errorf("%w: role %s needs %q, which %s does not hold", ErrForbidden, r, p, creator.Actor())
+			}
+		}
+	}
+	if len(creator.Sites) > 0 {
+		if len(spec.Sites) == 0 {
+			spec.Sites = slicesClone(creator.Sites)
+		}
+		for _, site := range spec.Sites {
+			if !creator.InSite(site) {
+				return fmt.Errorf("%w: site %q is outside %s's sites", ErrForbidden, site, creator.Actor())
+			}
+		}
+	}
+	switch {
+	case spec.TTL == 0:
+		spec.TTL = DefaultTokenTTL
+	case spec.TTL < time.Minute || spec.TTL > MaxTokenTTL:
+		return fmt.Errorf("%w: token lifetime %s: want 1m to %s", ErrInvalid, spec.TTL, MaxTokenTTL)
+	}
+	return nil
+}
+
+func slicesClone(s []string) []string { return append([]string(nil), s...) }
 
 // TokensConfig configures Tokens.
 type TokensConfig struct {
@@ -185,26 +251,42 @@ func checkName(name string) error {
 	return nil
 }
 
-// insert writes a new token in tx and returns it with its secret.
-func (t *Tokens) insert(ctx context.Context, tx *store.Tx, name string, now time.Time) (string, Token, error) {
+// insert writes a new token in tx and returns it with its secret. A zero
+// ttl means the token does not expire (the bootstrap token only).
+func (t *Tokens) insert(ctx context.Context, tx *store.Tx, spec TokenSpec, createdBy string, now time.Time) (string, Token, error) {
 	id, secret, err := t.newSecret()
 	if err != nil {
 		return "", Token{}, err
 	}
-	_, err = tx.ExecContext(ctx, `INSERT INTO api_tokens (id, name, secret_hash, created_at) VALUES (?, ?, ?, ?)`,
-		id, name, hashSecret(secret), now)
+	tk := Token{ID: id, Name: spec.Name, Roles: spec.Roles, Sites: spec.Sites, CreatedAt: now, CreatedBy: createdBy}
+	if tk.Sites == nil {
+		tk.Sites = []string{}
+	}
+	if spec.TTL > 0 {
+		exp := now.Add(spec.TTL)
+		tk.ExpiresAt = &exp
+	}
+	roles, _ := json.Marshal(tk.Roles)
+	sites, _ := json.Marshal(tk.Sites)
+	_, err = tx.ExecContext(ctx, `INSERT INTO api_tokens (id, name, secret_hash, created_at, roles, sites, expires_at, created_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
+		id, spec.Name, hashSecret(secret), now, string(roles), string(sites), tk.ExpiresAt, createdBy)
 	if err != nil {
 		return "", Token{}, fmt.Errorf("access: create token: %w", err)
 	}
-	return secret, Token{ID: id, Name: name, CreatedAt: now}, nil
+	return secret, tk, nil
 }
 
-// Create makes a new token on behalf of actor and returns its secret, which
-// is never available again.
-func (t *Tokens) Create(ctx context.Context, actor, name string) (string, Token, error) {
-	if err := checkName(name); err != nil {
+// Create makes a new token on behalf of creator and returns its secret,
+// which is never available again. The token holds at most what its creator
+// holds.
+func (t *Tokens) Create(ctx context.Context, creator Principal, spec TokenSpec) (string, Token, error) {
+	if err := checkName(spec.Name); err != nil {
 		return "", Token{}, fmt.Errorf("access: create token: %w", err)
 	}
+	if err := checkScope(creator, &spec); err != nil {
+		return "", Token{}, fmt.Errorf("access: create token: %w", err)
+	}
+	actor, name := creator.Actor(), spec.Name
 	now := t.now().UTC()
 	var (
 		secret string
@@ -212,11 +294,11 @@ func (t *Tokens) Create(ctx context.Context, actor, name string) (string, Token,
 	)
 	err := t.st.Tx(ctx, func(tx *store.Tx) error {
 		var err error
-		if secret, tok, err = t.insert(ctx, tx, name, now); err != nil {
+		if secret, tok, err = t.insert(ctx, tx, spec, actor, now); err != nil {
 			return err
 		}
 		return t.audit.Append(ctx, tx, audit.Entry{At: now, Actor: actor, Action: "token.create", Target: tok.Actor(), Outcome: audit.Success,
-			Detail: map[string]any{"name": name}})
+			Detail: map[string]any{"name": name, "roles": tok.Roles, "sites": tok.Sites, "expires_at": tok.ExpiresAt}})
 	})
 	if err != nil {
 		return "", Token{}, err
@@ -224,18 +306,26 @@ func (t *Tokens) Create(ctx context.Context, actor, name string) (string, Token,
 	return secret, tok, nil
 }
 
-const tokenColumns = `id, name, created_at, revoked_at, last_used_at`
+const tokenColumns = `id, name, created_at, revoked_at, last_used_at, roles, sites, expires_at, created_by`
 
-func scanToken(row interface{ Scan(...any) error }) (Token, error) {
+func scanToken(row interface{ Scan(...any) error }, extra ...any) (Token, error) {
 	var (
-		tk               Token
-		revoked, lastUse sql.NullTime
+		tk                        Token
+		revoked, lastUse, expires sql.NullTime
+		roles, sites              string
 	)
-	if err := row.Scan(&tk.ID, &tk.Name, &tk.CreatedAt, &revoked, &lastUse); err != nil {
+	dest := append(extra, &tk.ID, &tk.Name, &tk.CreatedAt, &revoked, &lastUse, &roles, &sites, &expires, &tk.CreatedBy)
+	if err := row.Scan(dest...); err != nil {
 		return Token{}, err
 	}
+	if err := json.Unmarshal([]byte(roles), &tk.Roles); err != nil {
+		return Token{}, fmt.Errorf("access: token %s: roles: %w", tk.ID, err)
+	}
+	if err := json.Unmarshal([]byte(sites), &tk.Sites); err != nil {
+		return Token{}, fmt.Errorf("access: token %s: sites: %w", tk.ID, err)
+	}
 	tk.CreatedAt = tk.CreatedAt.UTC()
-	tk.RevokedAt, tk.LastUsedAt = ptime(revoked), ptime(lastUse)
+	tk.RevokedAt, tk.LastUsedAt, tk.ExpiresAt = ptime(revoked), ptime(lastUse), ptime(expires)
 	return tk, nil
 }
 
@@ -296,7 +386,7 @@ func (t *Tokens) Revoke(ctx context.Context, actor, id string) (Token, error) {
 			return fmt.Errorf("access: token %s: %w: already revoked", id, ErrConflict)
 		}
 		var live int
-		if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM api_tokens WHERE revoked_at IS NULL`).Scan(&live); err != nil {
+		if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM api_tokens WHERE revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ?)`, now).Scan(&live); err != nil {
 			return fmt.Errorf("access: revoke token: %w", err)
 		}
 		if live <= 1 {
@@ -321,13 +411,8 @@ func (t *Tokens) Authenticate(ctx context.Context, secret string) (Token, error)
 	if !ok {
 		return Token{}, ErrUnauthenticated
 	}
-	var (
-		hash []byte
-		tk   Token
-	)
-	row := t.st.QueryRowContext(ctx, `SELECT secret_hash, `+tokenColumns+` FROM api_tokens WHERE id = ?`, id)
-	var revoked, lastUse sql.NullTime
-	err := row.Scan(&hash, &tk.ID, &tk.Name, &tk.CreatedAt, &revoked, &lastUse)
+	var hash []byte
+	tk, err := scanToken(t.st.QueryRowContext(ctx, `SELECT secret_hash, `+tokenColumns+` FROM api_tokens WHERE id = ?`, id), &hash)
 	if errors.Is(err, sql.ErrNoRows) {
 		// Spend the same time as a comparison, for good measure.
 		subtle.ConstantTimeCompare(hashSecret(secret), make([]byte, sha256.Size))
@@ -336,11 +421,12 @@ func (t *Tokens) Authenticate(ctx context.Context, secret string) (Token, error)
 	if err != nil {
 		return Token{}, fmt.Errorf("access: authenticate: %w", err)
 	}
-	if subtle.ConstantTimeCompare(hashSecret(secret), hash) != 1 || revoked.Valid {
+	if subtle.ConstantTimeCompare(hashSecret(secret), hash) != 1 || tk.Revoked() {
 		return Token{}, ErrUnauthenticated
 	}
-	tk.CreatedAt = tk.CreatedAt.UTC()
-	tk.LastUsedAt = ptime(lastUse)
+	if tk.ExpiresAt != nil && !t.now().Before(*tk.ExpiresAt) {
+		return Token{}, ErrUnauthenticated
+	}
 	now := t.now().UTC()
 	if tk.LastUsedAt == nil || now.Sub(*tk.LastUsedAt) >= lastUsedPeriod {
 		// Best effort: a failed bookkeeping write does not refuse the caller.
@@ -371,7 +457,7 @@ func (t *Tokens) Bootstrap(ctx context.Context, path string) (secret string, cre
 		if n > 0 {
 			return nil
 		}
-		s, tk, err := t.insert(ctx, tx, BootstrapName, now)
+		s, tk, err := t.insert(ctx, tx, TokenSpec{Name: BootstrapName, Roles: []Role{RoleAdmin}}, audit.System, now)
 		if err != nil {
 			return err
 		}

@@ -22,6 +22,9 @@ type clock struct {
 	t  time.Time
 }
 
+
+var boss = access.Principal{Kind: access.KindToken, ID: "boss", Roles: []access.Role{access.RoleAdmin}}
+
 func (c *clock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
 func (c *clock) Add(d time.Duration) {
 	c.mu.Lock()
@@ -43,7 +46,7 @@ func TestTokens(t *testing.T) {
 		ctx := context.Background()
 		tokens, log, clk := newTokens(t, s)
 
-		secret, tok, err := tokens.Create(ctx, "token:boss", "ci")
+		secret, tok, err := tokens.Create(ctx, boss, access.TokenSpec{Name: "ci", Roles: []access.Role{access.RoleAdmin}})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -99,10 +102,10 @@ func TestTokens(t *testing.T) {
 			}
 		}
 
-		if _, _, err := tokens.Create(ctx, "token:boss", ""); !errors.Is(err, access.ErrInvalid) {
+		if _, _, err := tokens.Create(ctx, boss, access.TokenSpec{Name: "", Roles: []access.Role{access.RoleAdmin}}); !errors.Is(err, access.ErrInvalid) {
 			t.Errorf("empty name: %v", err)
 		}
-		if _, _, err := tokens.Create(ctx, "token:boss", "a\nb"); !errors.Is(err, access.ErrInvalid) {
+		if _, _, err := tokens.Create(ctx, boss, access.TokenSpec{Name: "a\nb", Roles: []access.Role{access.RoleAdmin}}); !errors.Is(err, access.ErrInvalid) {
 			t.Errorf("name with newline: %v", err)
 		}
 
@@ -110,7 +113,7 @@ func TestTokens(t *testing.T) {
 		if _, err := tokens.Revoke(ctx, "token:boss", tok.ID); !errors.Is(err, access.ErrConflict) {
 			t.Fatalf("revoke last token: %v, want ErrConflict", err)
 		}
-		_, other, err := tokens.Create(ctx, "token:boss", "other")
+		_, other, err := tokens.Create(ctx, boss, access.TokenSpec{Name: "other", Roles: []access.Role{access.RoleAdmin}})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -33,6 +33,7 @@ package api
 
 import (
 	"context"
+	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -61,6 +62,8 @@ type Config struct {
 	Fleet  *fleet.Registry
 	Audit  *audit.Log
 	Tokens *access.Tokens
+	// Sessions authenticates people by session cookie; nil: tokens only.
+	Sessions SessionAuth
 	// CA may be nil while Ward's CA is not initialised; GET /api/v1/ca then
 	// answers 503.
 	CA *pki.Authority
@@ -132,8 +135,13 @@ func build(cfg Config) (http.Handler, huma.API, error) {
 	return s.harden(mux), s.api, nil
 }
 
-// register adds an operation whose errors all go through problem().
+// register adds an operation whose errors all go through problem(). Every
+// operation declares the permission it needs in op.Metadata (use perm);
+// one that does not is a programming error, caught at start.
 func register[I, O any](s *server, op huma.Operation, h func(context.Context, *I) (*O, error)) {
+	if _, ok := op.Metadata[permKey].(access.Permission); !ok && op.Metadata[publicKey] != true {
+		panic("api: operation " + op.OperationID + " declares no permission")
+	}
 	op.MaxBodyBytes = MaxBodyBytes
 	huma.Register(s.api, op, func(ctx context.Context, in *I) (*O, error) {
 		out, err := h(ctx, in)
@@ -144,19 +152,38 @@ func register[I, O any](s *server, op huma.Operation, h func(context.Context, *I
 	})
 }
 
-type tokenKey struct{}
+const (
+	permKey   = "ward-permission"
+	publicKey = "ward-public"
+)
 
-// authenticate admits a request carrying a valid API token and makes the
-// token available to the handler.
+// perm is the metadata of an operation that needs p.
+func perm(p access.Permission) map[string]any { return map[string]any{permKey: p} }
+
+// public is the metadata of an operation anyone may call (logging in).
+func public() map[string]any { return map[string]any{publicKey: true} }
+
+// SessionAuth resolves a session cookie to the person behind it. It is
+// implemented by access.Sessions.
+type SessionAuth interface {
+	// Principal returns the principal of a live, fully authenticated
+	// session and the session's CSRF token.
+	Principal(ctx context.Context, cookie string) (access.Principal, string, error)
+}
+
+type principalKey struct{}
+
+// authenticate admits a request carrying a valid API token or session
+// cookie whose principal holds the operation's permission. A request
+// authenticated by cookie that changes anything must also carry the
+// session's CSRF token in the X-CSRF-Token header.
 func (s *server) authenticate(ctx huma.Context, next func(huma.Context)) {
-	secret, ok := bearer(ctx.Header("Authorization"))
-	var (
-		tok access.Token
-		err = access.ErrUnauthenticated
-	)
-	if ok {
-		tok, err = s.cfg.Tokens.Authenticate(ctx.Context(), secret)
+	op := ctx.Operation()
+	if op != nil && op.Metadata[publicKey] == true {
+		next(ctx)
+		return
 	}
+	p, err := s.principal(ctx)
 	if err != nil {
 		if errors.Is(err, access.ErrUnauthenticated) {
 			ctx.SetHeader("WWW-Authenticate", `Bearer realm="ward"`)
@@ -165,7 +192,45 @@ func (s *server) authenticate(ctx huma.Context, next func(huma.Context)) {
 		_ = huma.WriteErr(s.api, ctx, se.GetStatus(), se.Error())
 		return
 	}
-	next(huma.WithValue(ctx, tokenKey{}, tok))
+	need, _ := op.Metadata[permKey].(access.Permission)
+	if need == "" || !p.Can(need) {
+		s.log.InfoContext(ctx.Context(), "api: permission denied", "actor", p.Actor(), "operation", op.OperationID, "needs", string(need))
+		_ = huma.WriteErr(s.api, ctx, http.StatusForbidden, fmt.Sprintf("%s may not %s: it needs the %q permission", p.Actor(), op.OperationID, need))
+		return
+	}
+	next(huma.WithValue(ctx, principalKey{}, p))
+}
+
+// principal authenticates the request by bearer token or session cookie.
+func (s *server) principal(ctx huma.Context) (access.Principal, error) {
+	if h := ctx.Header("Authorization"); h != "" {
+		secret, ok := bearer(h)
+		if !ok {
+			return access.Principal{}, access.ErrUnauthenticated
+		}
+		tok, err := s.cfg.Tokens.Authenticate(ctx.Context(), secret)
+		if err != nil {
+			return access.Principal{}, err
+		}
+		return tok.Principal(), nil
+	}
+	if s.cfg.Sessions != nil {
+		if c, err := huma.ReadCookie(ctx, access.SessionCookie); err == nil && c.Value != "" {
+			p, csrf, err := s.cfg.Sessions.Principal(ctx.Context(), c.Value)
+			if err != nil {
+				return access.Principal{}, err
+			}
+			switch ctx.Method() {
+			case http.MethodGet, http.MethodHead, http.MethodOptions:
+			default:
+				if got := ctx.Header("X-CSRF-Token"); got == "" || subtle.ConstantTimeCompare([]byte(got), []byte(csrf)) != 1 {
+					return access.Principal{}, fmt.Errorf("%w: missing or wrong X-CSRF-Token", access.ErrForbidden)
+				}
+			}
+			return p, nil
+		}
+	}
+	return access.Principal{}, access.ErrUnauthenticated
 }
 
 func bearer(h string) (string, bool) {
@@ -177,15 +242,18 @@ func bearer(h string) (string, bool) {
 	return cred, cred != ""
 }
 
-// actor names the authenticated caller for the audit log.
-func actor(ctx context.Context) string {
-	tok, ok := ctx.Value(tokenKey{}).(access.Token)
+// caller is the authenticated principal of the request.
+func caller(ctx context.Context) access.Principal {
+	p, ok := ctx.Value(principalKey{}).(access.Principal)
 	if !ok {
 		// Unreachable behind authenticate; fail closed if it ever is not.
-		panic("api: handler reached without an authenticated token")
+		panic("api: handler reached without an authenticated principal")
 	}
-	return tok.Actor()
+	return p
 }
+
+// actor names the authenticated caller for the audit log.
+func actor(ctx context.Context) string { return caller(ctx).Actor() }
 
 func (s *server) readyz(w http.ResponseWriter, r *http.Request) {
 	if s.cfg.Ready != nil {

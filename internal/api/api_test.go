@@ -11,6 +11,7 @@ import (
 	"sort"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/wardhq/ward/client"
 	"github.com/wardhq/ward/internal/api"
@@ -184,14 +185,33 @@ func TestRoutes(t *testing.T) {
 			t.Fatalf("audit denied = %#v, %v", es, err)
 		}
 
-		// Tokens.
-		secret, tok, err := c.CreateToken(ctx, "ci")
+		// Tokens. A viewer token reads but changes nothing.
+		vs, vt, err := c.CreateToken(ctx, client.TokenRequest{Name: "dashboard", Roles: []string{"viewer"}, TTL: "720h"})
+		if err != nil || len(vt.Roles) != 1 || vt.Roles[0] != "viewer" || vt.ExpiresAt == nil || !vt.ExpiresAt.Equal(e.Clock.Now().Add(720*time.Hour)) {
+			t.Fatalf("CreateToken(viewer) = %+v, %v", vt, err)
+		}
+		viewer, _ := client.New(e.Server.URL, vs)
+		if _, err := viewer.Devices(ctx, client.DeviceFilter{}); err != nil {
+			t.Fatalf("viewer cannot list devices: %v", err)
+		}
+		if _, err := viewer.Approve(ctx, d1.ID); !client.IsForbidden(err) {
+			t.Fatalf("viewer approved a device: %v", err)
+		}
+		if _, _, err := viewer.CreateToken(ctx, client.TokenRequest{Name: "escalate", Roles: []string{"admin"}}); !client.IsForbidden(err) {
+			t.Fatalf("viewer created an admin token: %v", err)
+		}
+		// A token expires.
+		e.Clock.Add(721 * time.Hour)
+		if _, err := viewer.Devices(ctx, client.DeviceFilter{}); !client.IsUnauthorized(err) {
+			t.Fatalf("expired token still works: %v", err)
+		}
+		secret, tok, err := c.CreateToken(ctx, client.TokenRequest{Name: "ci", Roles: []string{"admin"}})
 		if err != nil || !strings.HasPrefix(secret, "ward_"+tok.ID+"_") {
 			t.Fatalf("CreateToken = %q, %+v, %v", secret, tok, err)
 		}
 		c2, _ := client.New(e.Server.URL, secret)
 		ts, err := c2.Tokens(ctx)
-		if err != nil || len(ts) != 2 {
+		if err != nil || len(ts) != 3 {
 			t.Fatalf("Tokens = %+v, %v", ts, err)
 		}
 		raw, _ := json.Marshal(ts)
@@ -210,7 +230,7 @@ func TestRoutes(t *testing.T) {
 		if _, err := c2.RevokeToken(ctx, "nosuchtoken"); !client.IsNotFound(err) {
 			t.Fatalf("revoke unknown token: %v", err)
 		}
-		if es, _ := c2.Audit(ctx, client.AuditFilter{Action: "token."}); len(es) != 3 || es[1].Actor != "token:"+tokenID(e.Token) || es[2].Actor != "token:"+tok.ID {
+		if es, _ := c2.Audit(ctx, client.AuditFilter{Action: "token."}); len(es) != 4 || es[2].Actor != "token:"+tokenID(e.Token) || es[3].Actor != "token:"+tok.ID {
 			t.Fatalf("token audit = %+v", es)
 		}
 		_ = mkey

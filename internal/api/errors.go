@@ -21,6 +21,10 @@ func status(err error) int {
 	switch {
 	case errors.Is(err, access.ErrUnauthenticated):
 		return http.StatusUnauthorized
+	case errors.Is(err, access.ErrForbidden):
+		return http.StatusForbidden
+	case errors.Is(err, access.ErrLocked):
+		return http.StatusTooManyRequests
 	case errors.Is(err, fleet.ErrNotFound), errors.Is(err, access.ErrNotFound):
 		return http.StatusNotFound
 	case errors.Is(err, fleet.ErrInvalid), errors.Is(err, access.ErrInvalid):
@@ -45,7 +49,7 @@ func (s *server) problem(ctx context.Context, err error) huma.StatusError {
 	code := status(err)
 	if code == http.StatusUnauthorized {
 		// Say nothing about why: unknown, revoked and mistyped look alike.
-		return huma.NewError(code, "a valid API token is required (Authorization: Bearer <token>)")
+		return huma.NewError(code, "authentication required: an API token (Authorization: Bearer <token>) or a session")
 	}
 	if code == http.StatusInternalServerError {
 		if errors.Is(err, context.Canceled) {

@@ -45,7 +45,7 @@ type manufacturerOutput struct {
 
 func (s *server) manufacturerRoutes() {
 	register(s, huma.Operation{
-		OperationID: "list-manufacturers", Method: http.MethodGet, Path: Prefix + "/manufacturers",
+		OperationID: "list-manufacturers", Metadata: perm(access.ManufacturersRead), Method: http.MethodGet, Path: Prefix + "/manufacturers",
 		Summary: "List manufacturers", Tags: []string{"manufacturers"},
 	}, func(ctx context.Context, _ *struct{}) (*manufacturerList, error) {
 		all, err := s.cfg.Fleet.Manufacturers(ctx)
@@ -57,7 +57,7 @@ func (s *server) manufacturerRoutes() {
 		return out, nil
 	})
 	register(s, huma.Operation{
-		OperationID: "add-manufacturer", Method: http.MethodPost, Path: Prefix + "/manufacturers", DefaultStatus: http.StatusCreated,
+		OperationID: "add-manufacturer", Metadata: perm(access.ManufacturersManage), Method: http.MethodPost, Path: Prefix + "/manufacturers", DefaultStatus: http.StatusCreated,
 		Summary: "Register a manufacturer and the CA that signs its birth certificates", Tags: []string{"manufacturers"},
 	}, func(ctx context.Context, in *addManufacturerInput) (*manufacturerOutput, error) {
 		m, err := s.cfg.Fleet.AddManufacturer(ctx, actor(ctx), in.Body.Name, []byte(in.Body.CAPEM))
@@ -133,11 +133,15 @@ type revokeInput struct {
 func (s *server) deviceRoutes() {
 	tags := []string{"devices"}
 	register(s, huma.Operation{
-		OperationID: "list-devices", Method: http.MethodGet, Path: Prefix + "/devices",
+		OperationID: "list-devices", Metadata: perm(access.DevicesRead), Method: http.MethodGet, Path: Prefix + "/devices",
 		Summary: "List devices, ordered by Ward id", Tags: tags,
 	}, func(ctx context.Context, in *listDevicesInput) (*deviceList, error) {
+		p := caller(ctx)
+		if in.Site != "" && !p.InSite(in.Site) {
+			return nil, fmt.Errorf("%w: site %q is outside %s's sites", access.ErrForbidden, in.Site, p.Actor())
+		}
 		ds, err := s.cfg.Fleet.List(ctx, fleet.ListFilter{
-			State: fleet.State(in.State), Manufacturer: in.Manufacturer, Site: in.Site, Unit: in.Unit, After: in.After, Limit: in.Limit,
+			State: fleet.State(in.State), Manufacturer: in.Manufacturer, Site: in.Site, Unit: in.Unit, Sites: p.Sites, After: in.After, Limit: in.Limit,
 		})
 		if err != nil {
 			return nil, err
@@ -150,12 +154,15 @@ func (s *server) deviceRoutes() {
 		return out, nil
 	})
 	register(s, huma.Operation{
-		OperationID: "preregister-device", Method: http.MethodPost, Path: Prefix + "/devices", DefaultStatus: http.StatusCreated,
+		OperationID: "preregister-device", Metadata: perm(access.DevicesManage), Method: http.MethodPost, Path: Prefix + "/devices", DefaultStatus: http.StatusCreated,
 		Summary:     "Preregister a device (a purchase record)",
 		Description: "The device is created pending and approved, so its first enrollment is admitted at once.",
 		Tags:        tags,
 	}, func(ctx context.Context, in *preregisterInput) (*deviceOutput, error) {
 		b := in.Body
+		if p := caller(ctx); !p.InSite(b.Site) {
+			return nil, fmt.Errorf("%w: site %q is outside %s's sites", access.ErrForbidden, b.Site, p.Actor())
+		}
 		d, err := s.cfg.Fleet.Preregister(ctx, actor(ctx), fleet.Preregistration{
 			Serial: b.Serial, Manufacturer: b.Manufacturer, Model: b.Model, Site: b.Site, Unit: b.Unit, Tags: b.Tags,
 		})
@@ -165,10 +172,10 @@ func (s *server) deviceRoutes() {
 		return &deviceOutput{Body: d}, nil
 	})
 	register(s, huma.Operation{
-		OperationID: "get-device", Method: http.MethodGet, Path: Prefix + "/devices/{ref}",
+		OperationID: "get-device", Metadata: perm(access.DevicesRead), Method: http.MethodGet, Path: Prefix + "/devices/{ref}",
 		Summary: "Show a device and its operational certificates", Tags: tags,
 	}, func(ctx context.Context, in *deviceRef) (*deviceDetailOutput, error) {
-		d, err := s.cfg.Fleet.Get(ctx, in.Ref)
+		d, err := s.device(ctx, in.Ref)
 		if err != nil {
 			return nil, err
 		}
@@ -179,10 +186,14 @@ func (s *server) deviceRoutes() {
 		return &deviceDetailOutput{Body: deviceDetail{Device: d, Certificates: certs}}, nil
 	})
 	register(s, huma.Operation{
-		OperationID: "approve-device", Method: http.MethodPost, Path: Prefix + "/devices/{ref}/approve",
+		OperationID: "approve-device", Metadata: perm(access.DevicesManage), Method: http.MethodPost, Path: Prefix + "/devices/{ref}/approve",
 		Summary: "Approve a pending device", Tags: tags,
 	}, func(ctx context.Context, in *deviceRef) (*deviceOutput, error) {
-		d, err := s.cfg.Fleet.Approve(ctx, actor(ctx), in.Ref)
+		d, err := s.device(ctx, in.Ref)
+		if err != nil {
+			return nil, err
+		}
+		d, err = s.cfg.Fleet.Approve(ctx, actor(ctx), d.ID)
 		if err != nil {
 			return nil, err
 		}
@@ -190,20 +201,25 @@ func (s *server) deviceRoutes() {
 	})
 	for _, a := range []struct {
 		name, summary string
+		perm          access.Permission
 		do            func(ctx context.Context, actor, ref, reason string) (fleet.Device, error)
 	}{
-		{"reject", "Reject a pending device for good", s.cfg.Fleet.Reject},
-		{"decommission", "Retire a device for good and revoke its certificates", s.cfg.Fleet.Decommission},
+		{"reject", "Reject a pending device for good", access.DevicesManage, s.cfg.Fleet.Reject},
+		{"decommission", "Retire a device for good and revoke its certificates", access.DevicesRevoke, s.cfg.Fleet.Decommission},
 	} {
 		register(s, huma.Operation{
-			OperationID: a.name + "-device", Method: http.MethodPost, Path: Prefix + "/devices/{ref}/" + a.name,
+			OperationID: a.name + "-device", Metadata: perm(a.perm), Method: http.MethodPost, Path: Prefix + "/devices/{ref}/" + a.name,
 			Summary: a.summary, Tags: tags,
 		}, func(ctx context.Context, in *deviceActionInput) (*deviceOutput, error) {
 			var why string
 			if in.Body != nil {
 				why = in.Body.Reason
 			}
-			d, err := a.do(ctx, actor(ctx), in.Ref, why)
+			d, err := s.device(ctx, in.Ref)
+			if err != nil {
+				return nil, err
+			}
+			d, err = a.do(ctx, actor(ctx), d.ID, why)
 			if err != nil {
 				return nil, err
 			}
@@ -211,15 +227,33 @@ func (s *server) deviceRoutes() {
 		})
 	}
 	register(s, huma.Operation{
-		OperationID: "revoke-device", Method: http.MethodPost, Path: Prefix + "/devices/{ref}/revoke",
+		OperationID: "revoke-device", Metadata: perm(access.DevicesRevoke), Method: http.MethodPost, Path: Prefix + "/devices/{ref}/revoke",
 		Summary: "Revoke a device: every certificate revoked, refused on every listener", Tags: tags,
 	}, func(ctx context.Context, in *revokeInput) (*deviceOutput, error) {
-		d, err := s.cfg.Fleet.Revoke(ctx, actor(ctx), in.Ref, in.Body.Reason)
+		d, err := s.device(ctx, in.Ref)
+		if err != nil {
+			return nil, err
+		}
+		d, err = s.cfg.Fleet.Revoke(ctx, actor(ctx), d.ID, in.Body.Reason)
 		if err != nil {
 			return nil, err
 		}
 		return &deviceOutput{Body: d}, nil
 	})
+}
+
+// device returns the device ref names if the caller may act on its site.
+// A device outside the caller's sites is reported as not found: a scoped
+// caller learns nothing about other sites' devices.
+func (s *server) device(ctx context.Context, ref string) (fleet.Device, error) {
+	d, err := s.cfg.Fleet.Get(ctx, ref)
+	if err != nil {
+		return fleet.Device{}, err
+	}
+	if !caller(ctx).InSite(d.Site) {
+		return fleet.Device{}, fmt.Errorf("device %q: %w", ref, fleet.ErrNotFound)
+	}
+	return d, nil
 }
 
 // ---- CA
@@ -252,7 +286,7 @@ func describeCert(c *x509.Certificate) certInfo {
 
 func (s *server) caRoutes() {
 	register(s, huma.Operation{
-		OperationID: "get-ca", Method: http.MethodGet, Path: Prefix + "/ca",
+		OperationID: "get-ca", Metadata: perm(access.CARead), Method: http.MethodGet, Path: Prefix + "/ca",
 		Summary: "Ward's root and issuing CA certificates", Tags: []string{"ca"},
 	}, func(ctx context.Context, _ *struct{}) (*caOutput, error) {
 		if s.cfg.CA == nil {
@@ -286,7 +320,7 @@ type auditList struct {
 
 func (s *server) auditRoutes() {
 	register(s, huma.Operation{
-		OperationID: "list-audit", Method: http.MethodGet, Path: Prefix + "/audit",
+		OperationID: "list-audit", Metadata: perm(access.AuditRead), Method: http.MethodGet, Path: Prefix + "/audit",
 		Summary: "List audit entries in sequence order", Tags: []string{"audit"},
 	}, func(ctx context.Context, in *listAuditInput) (*auditList, error) {
 		es, err := s.cfg.Audit.List(ctx, audit.Filter{Target: in.Target, Action: in.Action, Outcome: in.Outcome, After: in.After, Limit: in.Limit})
@@ -315,7 +349,10 @@ type tokenList struct {
 
 type createTokenInput struct {
 	Body struct {
-		Name string `json:"name" minLength:"1" maxLength:"128"`
+		Name  string   `json:"name" minLength:"1" maxLength:"128"`
+		Roles []string `json:"roles" minItems:"1" doc:"Roles the token holds; each within the creator's own"`
+		Sites []string `json:"sites,omitempty" doc:"Sites the token may act on; empty: the creator's"`
+		TTL   string   `json:"ttl,omitempty" doc:"Lifetime, e.g. 720h; default 2160h (90 days), at most 8784h"`
 	}
 }
 
@@ -337,7 +374,7 @@ type tokenRef struct {
 func (s *server) tokenRoutes() {
 	tags := []string{"tokens"}
 	register(s, huma.Operation{
-		OperationID: "list-tokens", Method: http.MethodGet, Path: Prefix + "/tokens",
+		OperationID: "list-tokens", Metadata: perm(access.TokensManage), Method: http.MethodGet, Path: Prefix + "/tokens",
 		Summary: "List API tokens (never their secrets)", Tags: tags,
 	}, func(ctx context.Context, _ *struct{}) (*tokenList, error) {
 		ts, err := s.cfg.Tokens.List(ctx)
@@ -349,10 +386,20 @@ func (s *server) tokenRoutes() {
 		return out, nil
 	})
 	register(s, huma.Operation{
-		OperationID: "create-token", Method: http.MethodPost, Path: Prefix + "/tokens", DefaultStatus: http.StatusCreated,
+		OperationID: "create-token", Metadata: perm(access.TokensManage), Method: http.MethodPost, Path: Prefix + "/tokens", DefaultStatus: http.StatusCreated,
 		Summary: "Create an API token; the response holds its secret, once", Tags: tags,
 	}, func(ctx context.Context, in *createTokenInput) (*createTokenOutput, error) {
-		secret, tok, err := s.cfg.Tokens.Create(ctx, actor(ctx), in.Body.Name)
+		roles, err := access.ParseRoles(in.Body.Roles)
+		if err != nil {
+			return nil, err
+		}
+		var ttl time.Duration
+		if in.Body.TTL != "" {
+			if ttl, err = time.ParseDuration(in.Body.TTL); err != nil {
+				return nil, fmt.Errorf("%w: ttl: %v", access.ErrInvalid, err)
+			}
+		}
+		secret, tok, err := s.cfg.Tokens.Create(ctx, caller(ctx), access.TokenSpec{Name: in.Body.Name, Roles: roles, Sites: in.Body.Sites, TTL: ttl})
 		if err != nil {
 			return nil, err
 		}
@@ -361,7 +408,7 @@ func (s *server) tokenRoutes() {
 		return out, nil
 	})
 	register(s, huma.Operation{
-		OperationID: "revoke-token", Method: http.MethodDelete, Path: Prefix + "/tokens/{id}",
+		OperationID: "revoke-token", Metadata: perm(access.TokensManage), Method: http.MethodDelete, Path: Prefix + "/tokens/{id}",
 		Summary: "Revoke an API token", Tags: tags,
 	}, func(ctx context.Context, in *tokenRef) (*tokenOutput, error) {
 		tok, err := s.cfg.Tokens.Revoke(ctx, actor(ctx), in.ID)

@@ -311,7 +311,8 @@ type ListFilter struct {
 	State        State
 	Manufacturer string // name or id
 	Site, Unit   string
-	After        string // Ward id to continue after (devices are listed by id)
+	Sites        []string // when set, only devices of these sites
+	After        string   // Ward id to continue after (devices are listed by id)
 	Limit        int    // default 100, at most 1000
 }
 
@@ -343,6 +344,12 @@ func (r *Registry) List(ctx context.Context, f ListFilter) ([]Device, error) {
 	if f.Unit != "" {
 		q += ` AND d.unit = ?`
 		args = append(args, f.Unit)
+	}
+	if len(f.Sites) > 0 {
+		q += ` AND d.site IN (?` + strings.Repeat(", ?", len(f.Sites)-1) + `)`
+		for _, site := range f.Sites {
+			args = append(args, site)
+		}
 	}
 	q += ` ORDER BY d.id LIMIT ?`
 	args = append(args, f.Limit)

@@ -119,7 +119,7 @@ func New(t testing.TB, s *store.Store, edit func(*api.Config)) *Env {
 	if e.CA, err = pki.Open(pki.Config{Dir: e.CADir, Passphrase: []byte(Passphrase), Now: e.Clock.Now}); err != nil {
 		t.Fatal(err)
 	}
-	if e.Token, _, err = e.Tokens.Create(ctx, audit.System, "test-admin"); err != nil {
+	if e.Token, _, err = e.Tokens.Create(ctx, access.Principal{Kind: "system", ID: "test", Roles: []access.Role{access.RoleAdmin}}, access.TokenSpec{Name: "test-admin", Roles: []access.Role{access.RoleAdmin}, TTL: access.MaxTokenTTL}); err != nil {
 		t.Fatal(err)
 	}
 	e.Config = api.Config{

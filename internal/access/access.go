@@ -120,8 +120,8 @@ func (t Token) Principal() Principal {
 // TokenSpec describes a token to create.
 type TokenSpec struct {
 	Name  string        `json:"name"`
-	Roles []Role        `json:"roles"`          // at least one; each within the creator's own
-	Sites []string      `json:"sites"`          // empty: every site the creator may act on
+	Roles []Role        `json:"roles"`         // at least one; each within the creator's own
+	Sites []string      `json:"sites"`         // empty: every site the creator may act on
 	TTL   time.Duration `json:"ttl,omitempty"` // 0: DefaultTokenTTL
 }
 

@@ -22,7 +22,6 @@ type clock struct {
 	t  time.Time
 }
 
-
 var boss = access.Principal{Kind: access.KindToken, ID: "boss", Roles: []access.Role{access.RoleAdmin}}
 
 func (c *clock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }

@@ -313,7 +313,7 @@ type ListFilter struct {
 	Site, Unit   string
 	Sites        []string // when set, only devices of these sites
 	After        string   // Ward id to continue after (devices are listed by id)
-	Limit        int    // default 100, at most 1000
+	Limit        int      // default 100, at most 1000
 }
 
 // List returns devices ordered by Ward id.

@@ -38,6 +38,7 @@ type globals struct {
 	tokenFile string
 	data      string // data dir, where the bootstrap admin token is found
 	output    string // "text" or "json"
+	caCert    string // extra trust anchor for an https admin API
 }
 
 func newRootCmd() *cobra.Command {
@@ -53,6 +54,7 @@ func newRootCmd() *cobra.Command {
 	pf.StringVar(&g.tokenFile, "token-file", os.Getenv("WARD_TOKEN_FILE"), "file holding the admin API token (env WARD_TOKEN, WARD_TOKEN_FILE; default <data>/admin-token)")
 	pf.StringVar(&g.data, "data", envOr("WARD_DATA", "./ward-data"), "data directory (env WARD_DATA)")
 	pf.StringVarP(&g.output, "output", "o", "text", "output format: text or json")
+	pf.StringVar(&g.caCert, "ca-cert", os.Getenv("WARD_CA_CERT"), "PEM CA certificate to trust for an https --server (env WARD_CA_CERT; default <data>/ca/root.crt when present)")
 
 	root.AddCommand(
 		newServeCmd(g),

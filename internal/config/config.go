@@ -42,6 +42,9 @@ type Config struct {
 	DeviceAddr string `yaml:"device_addr"`
 	MQTTAddr   string `yaml:"mqtt_addr"`
 	AdminAddr  string `yaml:"admin_addr"`
+	// AdminTLS configures TLS on the admin listener. Off a loopback address
+	// the admin listener always serves TLS.
+	AdminTLS AdminTLS `yaml:"admin_tls"`
 
 	// DeviceNames are the DNS names and IP addresses devices use to reach
 	// Ward; they go into the device listener's TLS certificate.
@@ -50,6 +53,20 @@ type Config struct {
 	Log    Log    `yaml:"log"`
 	CA     CA     `yaml:"ca"`
 	Enroll Enroll `yaml:"enroll"`
+}
+
+// AdminTLS configures TLS on the admin listener.
+type AdminTLS struct {
+	// Enabled serves TLS even on a loopback address.
+	Enabled bool `yaml:"enabled"`
+	// CertFile and KeyFile name a PEM certificate chain and key to serve.
+	// When both are empty, Ward issues the admin listener a certificate
+	// from its own CA for AdminNames.
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
+	// Names are the DNS names and IP addresses people use to reach the
+	// admin listener; default: DeviceNames.
+	Names []string `yaml:"names"`
 }
 
 // Log configures structured logging.
@@ -204,8 +221,8 @@ func (c *Config) Validate() error {
 			errs = append(errs, fmt.Errorf("%s: %q: %v", name, addr, err))
 		}
 	}
-	if host, _, err := net.SplitHostPort(c.AdminAddr); err == nil && !isLoopback(host) {
-		errs = append(errs, fmt.Errorf("admin_addr: %q is not a loopback address; the admin listener serves plain HTTP until TLS for it is configured, so it binds to loopback only", c.AdminAddr))
+	if (c.AdminTLS.CertFile == "") != (c.AdminTLS.KeyFile == "") {
+		errs = append(errs, errors.New("admin_tls: cert_file and key_file go together"))
 	}
 	switch c.Log.Format {
 	case "text", "json":
@@ -239,7 +256,24 @@ func (c *Config) Validate() error {
 			c.DeviceNames = append(c.DeviceNames, h)
 		}
 	}
+	if host, _, err := net.SplitHostPort(c.AdminAddr); err == nil && !isLoopback(host) {
+		c.AdminTLS.Enabled = true // never plain HTTP off this host
+	}
+	if c.AdminTLS.CertFile != "" {
+		c.AdminTLS.Enabled = true
+	}
+	if len(c.AdminTLS.Names) == 0 {
+		c.AdminTLS.Names = c.DeviceNames
+	}
 	return nil
+}
+
+// AdminScheme is "https" when the admin listener serves TLS, else "http".
+func (c *Config) AdminScheme() string {
+	if c.AdminTLS.Enabled {
+		return "https"
+	}
+	return "http"
 }
 
 func isLoopback(host string) bool {

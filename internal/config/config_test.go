@@ -16,6 +16,7 @@ func TestReferenceConfigIsTheDefault(t *testing.T) {
 	}
 	want := Default()
 	want.DeviceNames = []string{}
+	want.AdminTLS.Names = []string{}
 	if !reflect.DeepEqual(c, want) {
 		t.Fatalf("reference config differs from defaults:\n got %+v\nwant %+v", c, want)
 	}
@@ -62,7 +63,7 @@ func TestValidateRefuses(t *testing.T) {
 		mut  func(*Config)
 		want string
 	}{
-		{"admin off loopback", func(c *Config) { c.AdminAddr = "0.0.0.0:8080" }, "loopback"},
+		{"admin cert without key", func(c *Config) { c.AdminTLS.CertFile = "a.pem" }, "admin_tls"},
 		{"bad store", func(c *Config) { c.Store = "mysql://x" }, "store"},
 		{"bad bus", func(c *Config) { c.Bus = "redis://x" }, "bus"},
 		{"bad addr", func(c *Config) { c.DeviceAddr = "8443" }, "device_addr"},
@@ -78,5 +79,20 @@ func TestValidateRefuses(t *testing.T) {
 				t.Fatalf("err = %v, want mention of %q", err, tc.want)
 			}
 		})
+	}
+}
+
+func TestAdminOffLoopbackServesTLS(t *testing.T) {
+	c := Default()
+	c.AdminAddr = "0.0.0.0:8080"
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if !c.AdminTLS.Enabled || c.AdminScheme() != "https" || len(c.AdminTLS.Names) == 0 {
+		t.Fatalf("admin listener off loopback without TLS: %+v", c.AdminTLS)
+	}
+	c = Default()
+	if err := c.Validate(); err != nil || c.AdminTLS.Enabled {
+		t.Fatalf("loopback default: %+v %v", c.AdminTLS, err)
 	}
 }

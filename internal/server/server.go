@@ -63,6 +63,7 @@ type Server struct {
 	admin  http.Handler
 
 	serverCert atomic.Pointer[tls.Certificate]
+	adminCert  atomic.Pointer[tls.Certificate] // nil: the admin listener serves plain HTTP (loopback only)
 
 	deviceLn, adminLn net.Listener
 	// Ready is closed once both listeners accept connections.
@@ -175,6 +176,9 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger, opts ...Optio
 	if err := s.renewServerCert(); err != nil {
 		return nil, err
 	}
+	if err := s.loadAdminCert(); err != nil {
+		return nil, err
+	}
 
 	if s.deviceLn, err = net.Listen("tcp", cfg.DeviceAddr); err != nil {
 		return nil, fmt.Errorf("server: device listener: %w", err)
@@ -238,23 +242,50 @@ func openCA(cfg config.Config, log *slog.Logger, now func() time.Time) (*pki.Aut
 
 // renewServerCert issues the device listener's TLS certificate.
 func (s *Server) renewServerCert() error {
+	c, err := s.issueServer(s.cfg.DeviceNames)
+	if err != nil {
+		return fmt.Errorf("server: device listener certificate: %w", err)
+	}
+	s.serverCert.Store(&c)
+	return nil
+}
+
+// loadAdminCert loads the admin listener's certificate from the configured
+// files, or issues one from Ward's CA, when the admin listener serves TLS.
+func (s *Server) loadAdminCert() error {
+	at := s.cfg.AdminTLS
+	if !at.Enabled {
+		return nil
+	}
+	var (
+		c   tls.Certificate
+		err error
+	)
+	if at.CertFile != "" {
+		c, err = tls.LoadX509KeyPair(at.CertFile, at.KeyFile)
+	} else {
+		c, err = s.issueServer(at.Names)
+	}
+	if err != nil {
+		return fmt.Errorf("server: admin listener certificate: %w", err)
+	}
+	s.adminCert.Store(&c)
+	return nil
+}
+
+func (s *Server) issueServer(names []string) (tls.Certificate, error) {
 	var (
 		dns []string
 		ips []net.IP
 	)
-	for _, n := range s.cfg.DeviceNames {
+	for _, n := range names {
 		if ip := net.ParseIP(n); ip != nil {
 			ips = append(ips, ip)
 		} else {
 			dns = append(dns, n)
 		}
 	}
-	c, err := s.ca.IssueServer(dns, ips)
-	if err != nil {
-		return fmt.Errorf("server: device listener certificate: %w", err)
-	}
-	s.serverCert.Store(&c)
-	return nil
+	return s.ca.IssueServer(dns, ips)
 }
 
 // readyCheck reports whether the store and the bus answer. /readyz is
@@ -333,8 +364,19 @@ func (s *Server) Run(ctx context.Context) error {
 		return nil
 	})
 	g.Go(func() error {
-		s.log.Info("admin listener (API)", "addr", "http://"+s.adminLn.Addr().String())
-		if err := admin.Serve(s.adminLn); !errors.Is(err, http.ErrServerClosed) {
+		var err error
+		if s.adminCert.Load() != nil {
+			admin.TLSConfig = &tls.Config{
+				MinVersion:     tls.VersionTLS12,
+				GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return s.adminCert.Load(), nil },
+			}
+			s.log.Info("admin listener (API, TLS)", "addr", "https://"+s.adminLn.Addr().String())
+			err = admin.ServeTLS(s.adminLn, "", "")
+		} else {
+			s.log.Info("admin listener (API)", "addr", "http://"+s.adminLn.Addr().String())
+			err = admin.Serve(s.adminLn)
+		}
+		if !errors.Is(err, http.ErrServerClosed) {
 			return fmt.Errorf("server: admin listener: %w", err)
 		}
 		return nil
@@ -365,11 +407,15 @@ func (s *Server) renewLoop(ctx context.Context) error {
 			return nil
 		case <-t.C:
 			c := s.serverCert.Load()
-			if c.Leaf == nil || time.Until(c.Leaf.NotAfter) > 30*24*time.Hour {
-				continue
+			if c.Leaf != nil && time.Until(c.Leaf.NotAfter) < 30*24*time.Hour {
+				if err := s.renewServerCert(); err != nil {
+					s.log.Error("renew device listener certificate", "err", err)
+				}
 			}
-			if err := s.renewServerCert(); err != nil {
-				s.log.Error("renew device listener certificate", "err", err)
+			if a := s.adminCert.Load(); a != nil && s.cfg.AdminTLS.CertFile == "" && a.Leaf != nil && time.Until(a.Leaf.NotAfter) < 30*24*time.Hour {
+				if err := s.loadAdminCert(); err != nil {
+					s.log.Error("renew admin listener certificate", "err", err)
+				}
 			}
 		}
 	}

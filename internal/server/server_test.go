@@ -283,3 +283,50 @@ func TestWrongCAPassphrase(t *testing.T) {
 	n := startNode(t, cfg)
 	n.stop(t)
 }
+
+// The admin listener serves TLS with a certificate from Ward's CA when
+// asked (and always off loopback), with HSTS.
+func TestAdminTLS(t *testing.T) {
+	cfg := config.Default()
+	cfg.Data = t.TempDir()
+	cfg.DeviceAddr, cfg.AdminAddr = "127.0.0.1:0", "127.0.0.1:0"
+	cfg.AdminTLS.Enabled = true
+	cfg.AdminTLS.Names = []string{"127.0.0.1"}
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	var adm net.Addr
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	srv, err := server.New(ctx, cfg, slog.New(slog.DiscardHandler), server.WithNotice(io.Discard),
+		server.WithListenHook(func(_, a net.Addr) { adm = a }))
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- srv.Run(ctx) }()
+	<-srv.Ready()
+
+	root, err := pki.ReadRoot(cfg.CADir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AddCert(root)
+	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots}}}
+	resp, err := hc.Get("https://" + adm.String() + "/healthz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || resp.Header.Get("Strict-Transport-Security") == "" {
+		t.Fatalf("healthz over TLS: %d, HSTS %q", resp.StatusCode, resp.Header.Get("Strict-Transport-Security"))
+	}
+	if resp, err := http.Get("http://" + adm.String() + "/healthz"); err == nil && resp.StatusCode == http.StatusOK {
+		t.Fatal("plain HTTP answered on a TLS admin listener")
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}

@@ -63,6 +63,9 @@ func newRootCmd() *cobra.Command {
 		newDeviceCmd(g),
 		newAuditCmd(g),
 		newMfgCmd(g),
+		newTokenCmd(g),
+		newUserCmd(g),
+		newApprovalCmd(g),
 		newVersionCmd(),
 	)
 	return root

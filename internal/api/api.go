@@ -33,6 +33,7 @@ package api
 
 import (
 	"context"
+	"crypto"
 	"crypto/subtle"
 	"encoding/json"
 	"errors"
@@ -64,6 +65,26 @@ type Config struct {
 	Tokens *access.Tokens
 	// Sessions authenticates people by session cookie; nil: tokens only.
 	Sessions SessionAuth
+	// Users holds people's accounts; nil: tokens only.
+	Users *access.Users
+	// SessionStore is the session manager behind the login routes
+	// (/api/v1/session…); usually also Sessions. nil: no login routes.
+	SessionStore *access.Sessions
+	// WebAuthn runs security-key registration and login; nil: those
+	// routes answer 503.
+	WebAuthn *access.WebAuthn
+	// OIDC is single sign-on through an identity provider; nil: the
+	// /auth/oidc routes answer 503.
+	OIDC *access.OIDC
+	// Approvals keeps two-person requests for critical actions; the API
+	// registers the kinds it serves. nil: critical actions answer 503.
+	Approvals *access.Approvals
+	// MassRevokeLimit is how many devices POST /api/v1/devices/revoke
+	// revokes at once; more need a second person's approval. 0: 5.
+	MassRevokeLimit int
+	// AuditKey is the public key of Ward's audit checkpoint key, for GET
+	// /api/v1/audit/verify; nil: checkpoint signatures are not checked.
+	AuditKey crypto.PublicKey
 	// CA may be nil while Ward's CA is not initialised; GET /api/v1/ca then
 	// answers 503.
 	CA *pki.Authority

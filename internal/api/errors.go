@@ -32,7 +32,7 @@ func status(err error) int {
 	case errors.Is(err, fleet.ErrConflict), errors.Is(err, fleet.ErrState), errors.Is(err, fleet.ErrAmbiguous),
 		errors.Is(err, access.ErrConflict):
 		return http.StatusConflict
-	case errors.Is(err, pki.ErrNotInitialised):
+	case errors.Is(err, pki.ErrNotInitialised), errors.Is(err, access.ErrUnavailable):
 		return http.StatusServiceUnavailable
 	}
 	return http.StatusInternalServerError

@@ -21,7 +21,13 @@ func (s *server) routes() {
 	s.deviceRoutes()
 	s.caRoutes()
 	s.auditRoutes()
+	s.auditChainRoutes()
 	s.tokenRoutes()
+	s.approvalRoutes()
+	s.sessionRoutes()
+	s.userRoutes()
+	s.webauthnRoutes()
+	s.oidcRoutes()
 }
 
 // ---- manufacturers

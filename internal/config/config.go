@@ -53,6 +53,52 @@ type Config struct {
 	Log    Log    `yaml:"log"`
 	CA     CA     `yaml:"ca"`
 	Enroll Enroll `yaml:"enroll"`
+	Access Access `yaml:"access"`
+	Audit  Audit  `yaml:"audit"`
+}
+
+// Access configures how people and integrations sign in and what needs a
+// second person.
+type Access struct {
+	// SealKeyFile holds the 32-byte key that seals TOTP seeds at rest;
+	// created on first start. Every node needs the same file. Default:
+	// <data>/seal.key.
+	SealKeyFile string `yaml:"seal_key_file"`
+	// MassRevokeLimit is how many devices one request may revoke without a
+	// second person's approval.
+	MassRevokeLimit int `yaml:"mass_revoke_limit"`
+	// SessionIdle and SessionAbsolute bound a person's session.
+	SessionIdle     Duration `yaml:"session_idle"`
+	SessionAbsolute Duration `yaml:"session_absolute"`
+	WebAuthn        WebAuthn `yaml:"webauthn"`
+	OIDC            OIDC     `yaml:"oidc"`
+}
+
+// WebAuthn configures security keys and passkeys as a second factor. Off
+// when RPID is empty.
+type WebAuthn struct {
+	RPID    string   `yaml:"rp_id"`
+	Origins []string `yaml:"origins"`
+}
+
+// OIDC configures single sign-on. Off when Issuer is empty.
+type OIDC struct {
+	Issuer           string              `yaml:"issuer"`
+	ClientID         string              `yaml:"client_id"`
+	ClientSecretFile string              `yaml:"client_secret_file"`
+	RedirectURL      string              `yaml:"redirect_url"`
+	Scopes           []string            `yaml:"scopes"`
+	GroupsClaim      string              `yaml:"groups_claim"`
+	RoleMap          map[string][]string `yaml:"role_map"`
+	SiteMap          map[string][]string `yaml:"site_map"`
+	TrustIdPMFA      bool                `yaml:"trust_idp_mfa"`
+}
+
+// Audit configures the audit chain.
+type Audit struct {
+	// CheckpointEvery is how often a signed checkpoint of the chain's head
+	// is written when entries were added.
+	CheckpointEvery Duration `yaml:"checkpoint_every"`
 }
 
 // AdminTLS configures TLS on the admin listener.
@@ -140,6 +186,9 @@ func Default() Config {
 		Log:        Log{Format: "text", Level: "info"},
 		CA:         CA{CertLifetime: Duration(7 * 24 * time.Hour), Name: "Ward"},
 		Enroll:     Enroll{MaxBodyBytes: 16 << 10, RetryAfter: Duration(30 * time.Second)},
+		Access: Access{MassRevokeLimit: 5, SessionIdle: Duration(30 * time.Minute), SessionAbsolute: Duration(12 * time.Hour),
+			OIDC: OIDC{Scopes: []string{"openid", "profile", "email"}, GroupsClaim: "groups"}},
+		Audit: Audit{CheckpointEvery: Duration(time.Minute)},
 	}
 }
 
@@ -244,6 +293,23 @@ func (c *Config) Validate() error {
 	if c.NodeName == "" {
 		errs = append(errs, errors.New("node_name: empty"))
 	}
+	if c.Access.MassRevokeLimit < 1 || c.Access.MassRevokeLimit > 10000 {
+		errs = append(errs, fmt.Errorf("access.mass_revoke_limit: %d: want 1 to 10000", c.Access.MassRevokeLimit))
+	}
+	if i, a := time.Duration(c.Access.SessionIdle), time.Duration(c.Access.SessionAbsolute); i < time.Minute || a < i || a > 7*24*time.Hour {
+		errs = append(errs, fmt.Errorf("access.session_idle %s / session_absolute %s: want 1m ≤ idle ≤ absolute ≤ 168h", i, a))
+	}
+	if w := c.Access.WebAuthn; w.RPID != "" && len(w.Origins) == 0 {
+		errs = append(errs, errors.New("access.webauthn: origins are required with rp_id (e.g. https://ward.example:8080)"))
+	}
+	if o := c.Access.OIDC; o.Issuer != "" {
+		if o.ClientID == "" || o.RedirectURL == "" || len(o.RoleMap) == 0 {
+			errs = append(errs, errors.New("access.oidc: issuer needs client_id, redirect_url and a role_map"))
+		}
+	}
+	if ce := time.Duration(c.Audit.CheckpointEvery); ce < time.Second || ce > 24*time.Hour {
+		errs = append(errs, fmt.Errorf("audit.checkpoint_every: %s: want 1s to 24h", ce))
+	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("config: %w", err)
 	}
@@ -306,6 +372,17 @@ func (c *Config) CADir() string { return filepath.Join(c.Data, "ca") }
 
 // AdminTokenPath is where the bootstrap admin token is written.
 func (c *Config) AdminTokenPath() string { return filepath.Join(c.Data, "admin-token") }
+
+// SealKeyPath is the file holding the key that seals secrets at rest.
+func (c *Config) SealKeyPath() string {
+	if c.Access.SealKeyFile != "" {
+		return c.Access.SealKeyFile
+	}
+	return filepath.Join(c.Data, "seal.key")
+}
+
+// AuditKeyPath is the file holding the audit checkpoint signing key.
+func (c *Config) AuditKeyPath() string { return filepath.Join(c.Data, "audit-checkpoint.key") }
 
 // BusDir is where the embedded NATS server keeps JetStream.
 func (c *Config) BusDir() string { return filepath.Join(c.Data, "bus") }

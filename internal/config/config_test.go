@@ -17,6 +17,9 @@ func TestReferenceConfigIsTheDefault(t *testing.T) {
 	want := Default()
 	want.DeviceNames = []string{}
 	want.AdminTLS.Names = []string{}
+	want.Access.WebAuthn.Origins = []string{}
+	want.Access.OIDC.RoleMap = map[string][]string{}
+	want.Access.OIDC.SiteMap = map[string][]string{}
 	if !reflect.DeepEqual(c, want) {
 		t.Fatalf("reference config differs from defaults:\n got %+v\nwant %+v", c, want)
 	}

@@ -108,8 +108,9 @@ func (r *Registry) InvalidateManufacturers() {
 	r.mfrMu.Unlock()
 }
 
-// Manufacturers returns every registered manufacturer with its parsed CAs.
-// The list is cached until a manufacturer is added.
+// Manufacturers returns every registered manufacturer with its parsed CAs,
+// except removed ones (RemoveManufacturer), whose CAs are no longer trusted.
+// The list is cached until a manufacturer is added or removed.
 func (r *Registry) Manufacturers(ctx context.Context) ([]Manufacturer, error) {
 	r.mfrMu.RLock()
 	c := r.mfrCache
@@ -117,7 +118,7 @@ func (r *Registry) Manufacturers(ctx context.Context) ([]Manufacturer, error) {
 	if c != nil {
 		return c, nil
 	}
-	rows, err := r.st.QueryContext(ctx, `SELECT id, name, ca_pem, fingerprint, created_at, created_by FROM manufacturers ORDER BY name`)
+	rows, err := r.st.QueryContext(ctx, `SELECT id, name, ca_pem, fingerprint, created_at, created_by FROM manufacturers WHERE revoked_at IS NULL ORDER BY name`)
 	if err != nil {
 		return nil, fmt.Errorf("fleet: manufacturers: %w", err)
 	}

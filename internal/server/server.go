@@ -14,6 +14,7 @@ package server
 
 import (
 	"context"
+	"crypto"
 	"crypto/rand"
 	"crypto/tls"
 	"encoding/base64"
@@ -61,6 +62,11 @@ type Server struct {
 	fleet  *fleet.Registry
 	enroll *enroll.Server
 	admin  http.Handler
+
+	checkpoints *audit.Checkpointer
+	auditKey    crypto.Signer
+	sessions    *access.Sessions
+	approvals   *access.Approvals
 
 	serverCert atomic.Pointer[tls.Certificate]
 	adminCert  atomic.Pointer[tls.Certificate] // nil: the admin listener serves plain HTTP (loopback only)
@@ -119,11 +125,15 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger, opts ...Optio
 	}
 	log.Info("bus connected", "embedded", s.bus.Embedded())
 
-	if s.ca, err = openCA(cfg, log, o.now); err != nil {
+	var caPass []byte
+	if s.ca, caPass, err = openCA(cfg, log, o.now); err != nil {
 		return nil, err
 	}
 
-	auditLog := audit.New(s.store, o.now)
+	auditLog := audit.New(s.store, o.now, audit.WithVersion(Version))
+	if s.checkpoints, s.auditKey, err = openCheckpointer(cfg, log, auditLog, caPass, o.now); err != nil {
+		return nil, err
+	}
 	s.fleet, err = fleet.New(ctx, fleet.Config{
 		Store: s.store, Audit: auditLog, Now: o.now,
 		OnRevoke: func(serials []string) {
@@ -164,11 +174,20 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger, opts ...Optio
 		return nil, err
 	}
 
+	people, err := openAccess(ctx, cfg, log, s.store, auditLog, o.now)
+	if err != nil {
+		return nil, err
+	}
+	s.sessions, s.approvals = people.sessions, people.approvals
 	if s.admin, err = api.New(api.Config{
 		Fleet: s.fleet, Audit: auditLog, Tokens: tokens, CA: s.ca,
-		Ready:   s.readyCheck,
-		Logger:  log.With("component", "api"),
-		Version: Version,
+		Users: people.users, SessionStore: people.sessions, Sessions: people.sessions,
+		WebAuthn: people.webauthn, OIDC: people.oidc,
+		Approvals: people.approvals, MassRevokeLimit: cfg.Access.MassRevokeLimit,
+		AuditKey: s.auditKey.Public(),
+		Ready:    s.readyCheck,
+		Logger:   log.With("component", "api"),
+		Version:  Version,
 	}); err != nil {
 		return nil, err
 	}
@@ -194,7 +213,7 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger, opts ...Optio
 
 // openCA opens the CA in the data directory, creating a demonstration CA
 // when there is none.
-func openCA(cfg config.Config, log *slog.Logger, now func() time.Time) (*pki.Authority, error) {
+func openCA(cfg config.Config, log *slog.Logger, now func() time.Time) (*pki.Authority, []byte, error) {
 	dir := cfg.CADir()
 	demoFile := filepath.Join(dir, demoPassphraseFile)
 	if !pki.Initialised(dir) {
@@ -203,18 +222,18 @@ func openCA(cfg config.Config, log *slog.Logger, now func() time.Time) (*pki.Aut
 			// No passphrase given: a demo CA whose passphrase sits beside it.
 			var b [32]byte
 			if _, err := rand.Read(b[:]); err != nil {
-				return nil, err
+				return nil, nil, err
 			}
 			pass = []byte(base64.RawURLEncoding.EncodeToString(b[:]))
 			if err := os.MkdirAll(dir, 0o700); err != nil {
-				return nil, fmt.Errorf("server: %w", err)
+				return nil, nil, fmt.Errorf("server: %w", err)
 			}
 			if err := os.WriteFile(demoFile, pass, 0o600); err != nil {
-				return nil, fmt.Errorf("server: %w", err)
+				return nil, nil, fmt.Errorf("server: %w", err)
 			}
 		}
 		if err := pki.Init(pki.InitConfig{Dir: dir, Passphrase: pass, Name: cfg.CA.Name, Now: now}); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		log.Warn(strings.Repeat("*", 72))
 		log.Warn("created a NEW certificate authority in the data directory; its root key is on this server",
@@ -226,18 +245,18 @@ func openCA(cfg config.Config, log *slog.Logger, now func() time.Time) (*pki.Aut
 	if err != nil {
 		b, ferr := os.ReadFile(demoFile)
 		if ferr != nil {
-			return nil, fmt.Errorf("server: the CA key passphrase is needed: set WARD_CA_PASSPHRASE or ca.passphrase_file")
+			return nil, nil, fmt.Errorf("server: the CA key passphrase is needed: set WARD_CA_PASSPHRASE or ca.passphrase_file")
 		}
 		log.Warn("using the demonstration CA passphrase stored beside the CA key; not for production", "file", demoFile)
 		pass = b
 	}
 	ca, err := pki.Open(pki.Config{Dir: dir, Passphrase: pass, Lifetime: time.Duration(cfg.CA.CertLifetime), Now: now})
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	log.Info("CA ready", "root", pki.Fingerprint(ca.Root()), "issuer", ca.Issuer().Subject.CommonName,
 		"device_cert_lifetime", time.Duration(cfg.CA.CertLifetime).String())
-	return ca, nil
+	return ca, pass, nil
 }
 
 // renewServerCert issues the device listener's TLS certificate.
@@ -319,7 +338,7 @@ func (s *Server) Run(ctx context.Context) error {
 	tlsCfg.Certificates = nil
 	tlsCfg.GetCertificate = func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return s.serverCert.Load(), nil }
 	device := &http.Server{
-		Handler:           s.enroll.Handler(),
+		Handler:           audit.Requests(s.enroll.Handler()),
 		TLSConfig:         tlsCfg,
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       30 * time.Second,
@@ -329,7 +348,7 @@ func (s *Server) Run(ctx context.Context) error {
 		ErrorLog:          errLog,
 	}
 	admin := &http.Server{
-		Handler:           s.admin,
+		Handler:           audit.Requests(s.admin),
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       30 * time.Second,
 		WriteTimeout:      60 * time.Second,
@@ -382,6 +401,19 @@ func (s *Server) Run(ctx context.Context) error {
 		return nil
 	})
 	g.Go(func() error { return s.renewLoop(gctx) })
+	g.Go(func() error { return s.approvals.Run(gctx) })
+	g.Go(func() error { return s.sweepSessions(gctx) })
+	// The checkpointer signs a last checkpoint when asked to stop, so it
+	// gets a context of its own that ends only after the listeners closed.
+	cpCtx, cpStop := context.WithCancel(context.Background())
+	cpDone := make(chan error, 1)
+	go func() { cpDone <- s.checkpoints.Run(cpCtx) }()
+	defer func() {
+		cpStop()
+		if err := <-cpDone; err != nil {
+			s.log.Error("audit checkpoint", "err", err)
+		}
+	}()
 	s.log.Info("MQTT device gateway is not part of this version; mqtt_addr is reserved for it", "mqtt_addr", s.cfg.MQTTAddr)
 	g.Go(func() error {
 		<-gctx.Done()

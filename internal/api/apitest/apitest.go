@@ -33,6 +33,13 @@ var T0 = time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
 // Passphrase is the CA passphrase of every Env.
 const Passphrase = "correct horse battery staple"
 
+// SealKey seals the TOTP seeds of every Env.
+var SealKey = []byte("apitest seal key, 32 bytes long!")
+
+// TestArgon2 are tiny argon2id parameters, so tests do not spend 64 MiB per
+// password.
+var TestArgon2 = access.Argon2Params{Memory: 64, Time: 1, Threads: 1}
+
 // Clock is a settable clock.
 type Clock struct {
 	mu sync.Mutex
@@ -70,10 +77,17 @@ type Env struct {
 	Audit  *audit.Log
 	Fleet  *fleet.Registry
 	Tokens *access.Tokens
-	CA     *pki.Authority
-	CADir  string
-	Clock  *Clock
-	Config api.Config
+	// Approvals keeps two-person requests; MassRevokeLimit is left at its
+	// default (5).
+	Approvals *access.Approvals
+	// Users and Sessions are people's accounts (tiny argon2 parameters,
+	// SealKey) and their sessions; Config.Sessions is Sessions.
+	Users    *access.Users
+	Sessions *access.Sessions
+	CA       *pki.Authority
+	CADir    string
+	Clock    *Clock
+	Config   api.Config
 
 	// Token is the secret of an admin token ("test-admin").
 	Token  string
@@ -112,6 +126,7 @@ func New(t testing.TB, s *store.Store, edit func(*api.Config)) *Env {
 		t.Fatal(err)
 	}
 	e.Tokens = access.NewTokens(access.TokensConfig{Store: s, Audit: e.Audit, Now: e.Clock.Now, Rand: rnd})
+	e.Approvals = access.NewApprovals(access.ApprovalsConfig{Store: s, Audit: e.Audit, Now: e.Clock.Now, Rand: rnd})
 	e.CADir = filepath.Join(t.TempDir(), "ca")
 	if err := pki.Init(pki.InitConfig{Dir: e.CADir, Passphrase: []byte(Passphrase), Name: "Test Hospital", Now: e.Clock.Now, Rand: rnd}); err != nil {
 		t.Fatal(err)
@@ -122,10 +137,19 @@ func New(t testing.TB, s *store.Store, edit func(*api.Config)) *Env {
 	if e.Token, _, err = e.Tokens.Create(ctx, access.Principal{Kind: "system", ID: "test", Roles: []access.Role{access.RoleAdmin}}, access.TokenSpec{Name: "test-admin", Roles: []access.Role{access.RoleAdmin}, TTL: access.MaxTokenTTL}); err != nil {
 		t.Fatal(err)
 	}
+	// Their own randomness, so that the ids and keys drawn above stay as
+	// they were before people existed.
+	urnd := NewRand(2)
+	if e.Users, err = access.NewUsers(access.UsersConfig{Store: s, Audit: e.Audit, SealKey: SealKey, Argon2: TestArgon2, Now: e.Clock.Now, Rand: urnd}); err != nil {
+		t.Fatal(err)
+	}
+	e.Sessions = access.NewSessions(access.SessionsConfig{Store: s, Users: e.Users, Audit: e.Audit, Now: e.Clock.Now, Rand: urnd})
 	e.Config = api.Config{
 		Fleet: e.Fleet, Audit: e.Audit, Tokens: e.Tokens, CA: e.CA,
-		Logger:  slog.New(slog.NewTextHandler(lockedWriter{e}, nil)),
-		Version: "test",
+		Users: e.Users, SessionStore: e.Sessions, Sessions: e.Sessions,
+		Approvals: e.Approvals,
+		Logger:    slog.New(slog.NewTextHandler(lockedWriter{e}, nil)),
+		Version:   "test",
 	}
 	if edit != nil {
 		edit(&e.Config)

@@ -7,6 +7,7 @@ package api
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"slices"
@@ -61,7 +62,8 @@ func decodeParams[T any](raw json.RawMessage) (T, error) {
 // registerKinds tells the approval keeper how to carry out each critical
 // action. The party that approves is the actor of the action itself; the
 // requester is named in the approval's audit entries.
-func (s *server) registerKinds(a *access.Approvals) {
+func (s *server) registerKinds(approvals *access.Approvals) {
+	a := publicKinds{s: s, a: approvals}
 	a.Register(KindRemoveManufacturer, access.Kind{
 		Permission: access.ManufacturersManage,
 		Describe: func(raw json.RawMessage) string {
@@ -425,7 +427,7 @@ func (s *server) approvalRoutes() {
 
 // registerUserRolesKind registers the change of a person's roles, if this
 // server manages accounts.
-func (s *server) registerUserRolesKind(a *access.Approvals) {
+func (s *server) registerUserRolesKind(a publicKinds) {
 	a.Register(KindSetUserRoles, access.Kind{
 		Permission: access.UsersManage,
 		Describe: func(raw json.RawMessage) string {
@@ -467,4 +469,26 @@ func (s *server) findUser(ctx context.Context, ref string) (id, username string,
 		return "", "", err
 	}
 	return u.ID, u.Username, nil
+}
+
+// publicKinds registers approval kinds whose execution errors are fit to
+// store and show: a domain error keeps its message; anything else is logged
+// here and recorded as a generic internal error, so a failed approval never
+// shows a database's words to whoever reads it.
+type publicKinds struct {
+	s *server
+	a *access.Approvals
+}
+
+func (p publicKinds) Register(name string, k access.Kind) {
+	exec := k.Execute
+	k.Execute = func(ctx context.Context, approver access.Principal, requester string, raw json.RawMessage) (any, error) {
+		out, err := exec(ctx, approver, requester, raw)
+		if err != nil && status(err) == http.StatusInternalServerError {
+			p.s.log.ErrorContext(ctx, "api: approved action failed", "kind", name, "err", err)
+			return out, errors.New(internalDetail)
+		}
+		return out, err
+	}
+	p.a.Register(name, k)
 }

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/wardhq/ward/client"
 	"github.com/wardhq/ward/internal/access"
 	"github.com/wardhq/ward/internal/pki"
 )
@@ -51,9 +52,13 @@ func TestTokenAndApprovalCommands(t *testing.T) {
 	if _, err := c.env.Client.AddManufacturer(ctx, "Acme Infusion", pki.EncodeCertificates(mca)); err != nil {
 		t.Fatal(err)
 	}
-	ap, err := c.env.Client.RemoveManufacturer(ctx, "Acme Infusion")
-	if err != nil {
-		t.Fatal(err)
+	var ap client.Approval
+	out = c.ok("manufacturer", "remove", "Acme Infusion", "-o", "json")
+	if err := json.Unmarshal([]byte(out), &ap); err != nil || ap.State != "pending" || ap.Kind != "manufacturer.remove" {
+		t.Fatalf("manufacturer remove = %s (%v)", out, err)
+	}
+	if out := c.ok("manufacturer", "list"); !strings.Contains(out, "Acme Infusion") {
+		t.Fatalf("a manufacturer was removed without a second person:\n%s", out)
 	}
 	if out := c.ok("approval", "list"); !strings.Contains(out, ap.ID) || !strings.Contains(out, "manufacturer.remove") {
 		t.Fatalf("approval list:\n%s", out)

@@ -39,6 +39,7 @@ decommissioned).`,
 			func(c *client.Client, cmd *cobra.Command, ref, why string) (client.Device, error) {
 				return c.Decommission(cmd.Context(), ref, why)
 			}),
+		newDeviceRevokeManyCmd(g),
 	)
 	return cmd
 }

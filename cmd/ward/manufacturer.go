@@ -16,7 +16,7 @@ func newManufacturerCmd(g *globals) *cobra.Command {
 		Aliases: []string{"manufacturers", "mfr"},
 		Short:   "Manufacturers whose device birth certificates Ward trusts",
 	}
-	cmd.AddCommand(newManufacturerAddCmd(g), newManufacturerListCmd(g))
+	cmd.AddCommand(newManufacturerAddCmd(g), newManufacturerListCmd(g), newManufacturerRemoveCmd(g))
 	return cmd
 }
 

@@ -21,7 +21,7 @@ func newUserCmd(g *globals) *cobra.Command {
 		Aliases: []string{"users"},
 		Short:   "People's accounts: create, list, show, disable, unlock, set passwords",
 	}
-	cmd.AddCommand(newUserCreateCmd(g), newUserListCmd(g), newUserShowCmd(g), newUserDisableCmd(g), newUserUnlockCmd(g), newUserPasswdCmd(g))
+	cmd.AddCommand(newUserCreateCmd(g), newUserListCmd(g), newUserShowCmd(g), newUserDisableCmd(g), newUserUnlockCmd(g), newUserPasswdCmd(g), newUserSetRolesCmd(g))
 	return cmd
 }
 

@@ -1,0 +1,129 @@
+// Package protocol is Ward's public wire contract with devices, version 1:
+// the MQTT topic names a device may use, and the JSON payloads it sends and
+// receives. Device makers import it (with package agent); it imports nothing
+// of the server. docs/device-protocol.md describes the same contract in
+// prose; a change here is a change of protocol version.
+//
+// # Topics
+//
+// Every device topic lives under ward/v1/d/<id>/, where <id> is the Ward
+// device id from the device's operational certificate (its URI SAN
+// ward://device/<id>), which is also its MQTT client id. A device may
+// publish only to its own telemetry, events, state and ack topics, and
+// subscribe only to its own cmd topic: no wildcards, no other device, no
+// $SYS. Only state may be retained.
+//
+// # Payloads
+//
+// Payloads are JSON objects with a "v" field (the payload version, 1). A
+// payload must be valid UTF-8 JSON, at most MaxPayload bytes.
+package protocol
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"regexp"
+	"strings"
+)
+
+// Version is the protocol version in topic names.
+const Version = "v1"
+
+// TopicPrefix starts every device topic.
+const TopicPrefix = "ward/" + Version + "/d/"
+
+// MaxPayload bounds a device message.
+const MaxPayload = 64 << 10
+
+// Kind is the last segment of a device topic.
+type Kind string
+
+// Kinds of device topics.
+const (
+	Telemetry Kind = "telemetry" // device → Ward: periodic measurements
+	Events    Kind = "events"    // device → Ward: alarms, therapy events, security events
+	State     Kind = "state"     // device → Ward: current state (retained)
+	Ack       Kind = "ack"       // device → Ward: acknowledgement of a command
+	Cmd       Kind = "cmd"       // Ward → device: signed commands
+)
+
+// Publishable reports whether a device may publish to topics of kind k.
+func (k Kind) Publishable() bool {
+	switch k {
+	case Telemetry, Events, State, Ack:
+		return true
+	}
+	return false
+}
+
+var idRE = regexp.MustCompile(`^[a-z2-7]{26}$`)
+
+// ValidDeviceID reports whether id has the shape of a Ward device id.
+func ValidDeviceID(id string) bool { return idRE.MatchString(id) }
+
+// Topic returns the topic of kind k for device id.
+func Topic(id string, k Kind) string { return TopicPrefix + id + "/" + string(k) }
+
+// ErrBadTopic is returned for a topic outside the device namespace.
+var ErrBadTopic = errors.New("protocol: not a device topic")
+
+// ParseTopic splits a device topic into its device id and kind. It accepts
+// exactly ward/v1/d/<id>/<kind> with a known kind and no wildcard.
+func ParseTopic(topic string) (id string, k Kind, err error) {
+	rest, ok := strings.CutPrefix(topic, TopicPrefix)
+	if !ok {
+		return "", "", ErrBadTopic
+	}
+	id, kind, ok := strings.Cut(rest, "/")
+	if !ok || !ValidDeviceID(id) {
+		return "", "", ErrBadTopic
+	}
+	switch k = Kind(kind); k {
+	case Telemetry, Events, State, Ack, Cmd:
+		return id, k, nil
+	}
+	return "", "", ErrBadTopic
+}
+
+// Envelope is what every payload has: its version.
+type Envelope struct {
+	V int `json:"v"`
+}
+
+// ErrBadPayload is returned for a payload that is not a v1 JSON object.
+var ErrBadPayload = errors.New("protocol: bad payload")
+
+// CheckPayload checks that b is a JSON object of at most MaxPayload bytes
+// with "v": 1, and nothing after it.
+func CheckPayload(b []byte) error {
+	if len(b) > MaxPayload {
+		return fmt.Errorf("%w: %d bytes, at most %d", ErrBadPayload, len(b), MaxPayload)
+	}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	var obj map[string]json.RawMessage
+	if err := dec.Decode(&obj); err != nil || obj == nil {
+		return fmt.Errorf("%w: not a JSON object", ErrBadPayload)
+	}
+	if dec.More() {
+		return fmt.Errorf("%w: data after the JSON object", ErrBadPayload)
+	}
+	if _, err := dec.Token(); err == nil {
+		return fmt.Errorf("%w: data after the JSON object", ErrBadPayload)
+	}
+	var v int
+	if raw, ok := obj["v"]; !ok || json.Unmarshal(raw, &v) != nil || v != 1 {
+		return fmt.Errorf("%w: \"v\" must be 1", ErrBadPayload)
+	}
+	return nil
+}
+
+// StatePayload is what a device reports on its state topic.
+type StatePayload struct {
+	V               int    `json:"v"`
+	Mode            string `json:"mode"`                       // e.g. idle, infusing, paused, alarm
+	SoftwareVersion string `json:"software_version,omitempty"` // as the device reports it
+	DrugLibVersion  string `json:"druglib_version,omitempty"`
+	Idle            bool   `json:"idle"` // updates install only when true (DESIGN §4.1)
+}

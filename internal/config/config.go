@@ -53,8 +53,29 @@ type Config struct {
 	Log    Log    `yaml:"log"`
 	CA     CA     `yaml:"ca"`
 	Enroll Enroll `yaml:"enroll"`
-	Access Access `yaml:"access"`
-	Audit  Audit  `yaml:"audit"`
+	Access  Access  `yaml:"access"`
+	Audit   Audit   `yaml:"audit"`
+	Gateway Gateway `yaml:"gateway"`
+}
+
+// Gateway configures the device MQTT gateway on MQTTAddr.
+type Gateway struct {
+	// MsgRate and MsgBurst bound each device's messages per second.
+	MsgRate  float64 `yaml:"msg_rate"`
+	MsgBurst int     `yaml:"msg_burst"`
+	// MaxPayload bounds one device message, in bytes.
+	MaxPayload int `yaml:"max_payload"`
+	// ConnectRatePerDevice and ConnectRatePerSource bound connection
+	// attempts per second.
+	ConnectRatePerDevice float64 `yaml:"connect_rate_per_device"`
+	ConnectRatePerSource float64 `yaml:"connect_rate_per_source"`
+	// MaxConnections bounds concurrent device connections on this node
+	// (each takes an open file; see docs/operations.md).
+	MaxConnections int `yaml:"max_connections"`
+	// HistoryRetention is how long connection history is kept.
+	HistoryRetention Duration `yaml:"history_retention"`
+	// MessageRetention is how long device messages stay in the bus stream.
+	MessageRetention Duration `yaml:"message_retention"`
 }
 
 // Access configures how people and integrations sign in and what needs a
@@ -189,6 +210,8 @@ func Default() Config {
 		Access: Access{MassRevokeLimit: 5, SessionIdle: Duration(30 * time.Minute), SessionAbsolute: Duration(12 * time.Hour),
 			OIDC: OIDC{Scopes: []string{"openid", "profile", "email"}, GroupsClaim: "groups"}},
 		Audit: Audit{CheckpointEvery: Duration(time.Minute)},
+		Gateway: Gateway{MsgRate: 50, MsgBurst: 100, MaxPayload: 64 << 10, ConnectRatePerDevice: 1, ConnectRatePerSource: 20,
+			MaxConnections: 19000, HistoryRetention: Duration(90 * 24 * time.Hour), MessageRetention: Duration(7 * 24 * time.Hour)},
 	}
 }
 
@@ -306,6 +329,16 @@ func (c *Config) Validate() error {
 		if o.ClientID == "" || o.RedirectURL == "" || len(o.RoleMap) == 0 {
 			errs = append(errs, errors.New("access.oidc: issuer needs client_id, redirect_url and a role_map"))
 		}
+	}
+	if g := c.Gateway; g.MsgRate <= 0 || g.MsgBurst < 1 || g.MaxPayload < 256 || g.MaxPayload > 1<<20 ||
+		g.ConnectRatePerDevice <= 0 || g.ConnectRatePerSource <= 0 || g.MaxConnections < 1 {
+		errs = append(errs, errors.New("gateway: rates, burst, max_payload (256 B to 1 MiB) and max_connections must be positive"))
+	}
+	if r := time.Duration(c.Gateway.HistoryRetention); r < time.Hour {
+		errs = append(errs, fmt.Errorf("gateway.history_retention: %s: at least 1h", r))
+	}
+	if r := time.Duration(c.Gateway.MessageRetention); r < time.Hour {
+		errs = append(errs, fmt.Errorf("gateway.message_retention: %s: at least 1h", r))
 	}
 	if ce := time.Duration(c.Audit.CheckpointEvery); ce < time.Second || ce > 24*time.Hour {
 		errs = append(errs, fmt.Errorf("audit.checkpoint_every: %s: want 1s to 24h", ce))

@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -61,14 +62,28 @@ type node struct {
 	admin, dev string
 	dir        string // working directory for files
 	cmd        *exec.Cmd
-	log        *bytes.Buffer
+	log        *lockedBuffer
 	extra      []string
 }
+
+// lockedBuffer is the server's output, written by exec's copier while the
+// test reads it.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+func (l *lockedBuffer) String() string { l.mu.Lock(); defer l.mu.Unlock(); return l.b.String() }
 
 func (n *node) start() {
 	n.t.Helper()
 	args := append([]string{"serve", "--data", n.data, "--device-addr", n.dev, "--admin-addr", n.admin, "--log-format", "json"}, n.extra...)
-	n.log = &bytes.Buffer{}
+	n.log = &lockedBuffer{}
 	n.cmd = exec.Command(n.bin, args...)
 	n.cmd.Stdout, n.cmd.Stderr = n.log, n.log
 	if err := n.cmd.Start(); err != nil {

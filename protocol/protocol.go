@@ -26,6 +26,7 @@ import (
 	"fmt"
 	"regexp"
 	"strings"
+	"unicode/utf8"
 )
 
 // Version is the protocol version in topic names.
@@ -100,6 +101,9 @@ var ErrBadPayload = errors.New("protocol: bad payload")
 func CheckPayload(b []byte) error {
 	if len(b) > MaxPayload {
 		return fmt.Errorf("%w: %d bytes, at most %d", ErrBadPayload, len(b), MaxPayload)
+	}
+	if !utf8.Valid(b) {
+		return fmt.Errorf("%w: not valid UTF-8", ErrBadPayload)
 	}
 	dec := json.NewDecoder(bytes.NewReader(b))
 	var obj map[string]json.RawMessage

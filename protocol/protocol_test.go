@@ -46,6 +46,7 @@ func TestCheckPayload(t *testing.T) {
 		{`{"v":1}x`, false},
 		{`{"v":"1"}`, false},
 		{`{"v":1`, false},
+		{"{\"v\":1,\"s\":\"\xff\"}", false},
 		{`{"v":1,"s":"` + strings.Repeat("a", MaxPayload) + `"}`, false},
 	} {
 		err := CheckPayload([]byte(tc.in))

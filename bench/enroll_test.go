@@ -58,6 +58,7 @@ func startWard(b *testing.B, d store.Dialect) *ward {
 	}
 	cfg.DeviceAddr = "127.0.0.1:0"
 	cfg.AdminAddr = "127.0.0.1:0"
+	cfg.MQTTAddr = "127.0.0.1:0"
 	cfg.Enroll.RateLimit = -1 // one source address drives thousands per second
 	cfg.Log.Level = "error"
 	if err := cfg.Validate(); err != nil {

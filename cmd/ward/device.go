@@ -41,6 +41,7 @@ decommissioned).`,
 			}),
 		newDeviceRevokeManyCmd(g),
 	)
+	cmd.AddCommand(newDeviceGatewayCmds(g)...)
 	return cmd
 }
 
@@ -264,4 +265,5 @@ var exampleReason = map[string]string{
 	"reject":       "not in the purchase records",
 	"revoke":       "reported stolen from ward 4B",
 	"decommission": "end of life, wiped",
+	"quarantine":   "unexpected traffic to port 23",
 }

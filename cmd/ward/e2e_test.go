@@ -60,6 +60,7 @@ type node struct {
 	t          *testing.T
 	bin, data  string
 	admin, dev string
+	mqtt       string
 	dir        string // working directory for files
 	cmd        *exec.Cmd
 	log        *lockedBuffer
@@ -82,7 +83,10 @@ func (l *lockedBuffer) String() string { l.mu.Lock(); defer l.mu.Unlock(); retur
 
 func (n *node) start() {
 	n.t.Helper()
-	args := append([]string{"serve", "--data", n.data, "--device-addr", n.dev, "--admin-addr", n.admin, "--log-format", "json"}, n.extra...)
+	if n.mqtt == "" {
+		n.mqtt = freeAddr(n.t)
+	}
+	args := append([]string{"serve", "--data", n.data, "--device-addr", n.dev, "--admin-addr", n.admin, "--mqtt-addr", n.mqtt, "--log-format", "json"}, n.extra...)
 	n.log = &lockedBuffer{}
 	n.cmd = exec.Command(n.bin, args...)
 	n.cmd.Stdout, n.cmd.Stderr = n.log, n.log

@@ -49,6 +49,7 @@ import (
 	"github.com/wardhq/ward/internal/access"
 	"github.com/wardhq/ward/internal/audit"
 	"github.com/wardhq/ward/internal/fleet"
+	"github.com/wardhq/ward/internal/gateway"
 	"github.com/wardhq/ward/internal/pki"
 )
 
@@ -88,6 +89,9 @@ type Config struct {
 	// CA may be nil while Ward's CA is not initialised; GET /api/v1/ca then
 	// answers 503.
 	CA *pki.Authority
+	// History is the device connection history (package gateway); nil:
+	// GET /api/v1/devices/{ref}/history answers 503.
+	History *gateway.History
 	// Ready reports whether this node can serve (store reachable, …), for
 	// /readyz. nil means always ready.
 	Ready   func(ctx context.Context) error

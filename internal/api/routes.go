@@ -19,6 +19,7 @@ import (
 func (s *server) routes() {
 	s.manufacturerRoutes()
 	s.deviceRoutes()
+	s.gatewayRoutes()
 	s.caRoutes()
 	s.auditRoutes()
 	s.auditChainRoutes()

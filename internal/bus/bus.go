@@ -33,7 +33,31 @@ const (
 	SubjectRevoked = "ward.fleet.revoked"
 	// SubjectManufacturers tells nodes that the manufacturer list changed.
 	SubjectManufacturers = "ward.fleet.manufacturers"
+	// SubjectDeviceState carries a DeviceState: a device's lifecycle state
+	// changed (quarantine, release, revoke, decommission); the gateway of
+	// every node applies it to the device's session.
+	SubjectDeviceState = "ward.fleet.device.state"
+	// SubjectGatewayViolation carries a gateway.Violation (JSON {device,
+	// kind, detail, at, count}): a device broke a rule or a limit.
+	SubjectGatewayViolation = "ward.gateway.violation"
+	// SubjectDevicePrefix starts the subjects of device messages in the
+	// JetStream stream StreamDevice: ward.device.<id>.<kind>, kind one of
+	// telemetry, events, state, ack (package protocol).
+	SubjectDevicePrefix = "ward.device."
+	// SubjectCommand carries the id of a queued server command: the node
+	// that holds the device's session sends it (gateway.Commands).
+	SubjectCommand = "ward.gateway.command"
 )
+
+// StreamDevice is the JetStream stream of device messages: everything a
+// device published that the gateway acknowledged.
+const StreamDevice = "WARD_DEVICE"
+
+// DeviceState is the payload of SubjectDeviceState.
+type DeviceState struct {
+	ID    string `json:"id"`
+	State string `json:"state"`
+}
 
 // Config says where the bus runs.
 type Config struct {

@@ -50,9 +50,9 @@ type Config struct {
 	// Ward; they go into the device listener's TLS certificate.
 	DeviceNames []string `yaml:"device_names"`
 
-	Log    Log    `yaml:"log"`
-	CA     CA     `yaml:"ca"`
-	Enroll Enroll `yaml:"enroll"`
+	Log     Log     `yaml:"log"`
+	CA      CA      `yaml:"ca"`
+	Enroll  Enroll  `yaml:"enroll"`
 	Access  Access  `yaml:"access"`
 	Audit   Audit   `yaml:"audit"`
 	Gateway Gateway `yaml:"gateway"`

@@ -103,6 +103,7 @@ func (r *Registry) RevokeMany(ctx context.Context, actor string, refs []string, 
 	r.markRevoked(serials)
 	out := make([]Device, 0, len(ids))
 	for _, id := range ids {
+		r.stateChanged(id, Revoked)
 		d, err := r.Get(ctx, id)
 		if err != nil {
 			return nil, err

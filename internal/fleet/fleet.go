@@ -141,8 +141,13 @@ type Config struct {
 	// OnManufacturersChanged, when set, is called after a manufacturer is
 	// added, so other nodes can drop their cached list. It must not block.
 	OnManufacturersChanged func()
-	Now                    func() time.Time
-	Rand                   io.Reader
+	// OnStateChange, when set, is called after a transaction that changed a
+	// device's state commits (quarantine, release, revoke, reject,
+	// decommission), so the gateway of every node can act on the device's
+	// session. It must not block.
+	OnStateChange func(deviceID string, state State)
+	Now           func() time.Time
+	Rand          io.Reader
 }
 
 // Registry is the device registry. It is safe for concurrent use.
@@ -150,6 +155,7 @@ type Registry struct {
 	st       *store.Store
 	audit    *audit.Log
 	onRevoke func([]string)
+	onState  func(string, State)
 	now      func() time.Time
 	rand     io.Reader
 
@@ -167,7 +173,7 @@ func New(ctx context.Context, cfg Config) (*Registry, error) {
 	if cfg.Store == nil || cfg.Audit == nil {
 		return nil, errors.New("fleet: store and audit log are required")
 	}
-	r := &Registry{st: cfg.Store, audit: cfg.Audit, onRevoke: cfg.OnRevoke, onManufacturers: cfg.OnManufacturersChanged, now: cfg.Now, rand: cfg.Rand}
+	r := &Registry{st: cfg.Store, audit: cfg.Audit, onRevoke: cfg.OnRevoke, onManufacturers: cfg.OnManufacturersChanged, onState: cfg.OnStateChange, now: cfg.Now, rand: cfg.Rand}
 	if r.now == nil {
 		r.now = time.Now
 	}
@@ -482,6 +488,7 @@ func (r *Registry) transition(ctx context.Context, actor, ref, action string, al
 	now := r.now().UTC()
 	var (
 		id         string
+		from       State
 		revokedNow []string
 	)
 	err := r.st.Tx(ctx, func(tx *store.Tx) error {
@@ -489,7 +496,7 @@ func (r *Registry) transition(ctx context.Context, actor, ref, action string, al
 		if err != nil {
 			return err
 		}
-		id = d.ID
+		id, from = d.ID, d.State
 		ok := false
 		for _, s := range allowed {
 			ok = ok || d.State == s
@@ -509,7 +516,18 @@ func (r *Registry) transition(ctx context.Context, actor, ref, action string, al
 		return Device{}, err
 	}
 	r.markRevoked(revokedNow)
-	return r.Get(ctx, id)
+	d, err := r.Get(ctx, id)
+	if err == nil && d.State != from {
+		r.stateChanged(d.ID, d.State)
+	}
+	return d, err
+}
+
+// stateChanged tells OnStateChange, if set, about a committed change.
+func (r *Registry) stateChanged(id string, s State) {
+	if r.onState != nil {
+		r.onState(id, s)
+	}
 }
 
 // Approve admits a pending device: its next enrollment gets a certificate.

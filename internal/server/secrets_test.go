@@ -87,7 +87,7 @@ func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return 
 func TestNoSecretInLogsOrResponses(t *testing.T) {
 	cfg := config.Default()
 	cfg.Data = t.TempDir()
-	cfg.DeviceAddr, cfg.AdminAddr = "127.0.0.1:0", "127.0.0.1:0"
+	cfg.DeviceAddr, cfg.AdminAddr, cfg.MQTTAddr = "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"
 	cfg.Log.Level = "debug"
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)

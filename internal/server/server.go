@@ -41,6 +41,7 @@ import (
 	"github.com/wardhq/ward/internal/config"
 	"github.com/wardhq/ward/internal/enroll"
 	"github.com/wardhq/ward/internal/fleet"
+	"github.com/wardhq/ward/internal/gateway"
 	"github.com/wardhq/ward/internal/pki"
 	"github.com/wardhq/ward/internal/store"
 )
@@ -63,6 +64,11 @@ type Server struct {
 	enroll *enroll.Server
 	admin  http.Handler
 
+	gateway  *gateway.Gateway
+	ingest   *gateway.Ingest
+	commands *gateway.Commands
+	history  *gateway.History
+
 	checkpoints *audit.Checkpointer
 	auditKey    crypto.Signer
 	sessions    *access.Sessions
@@ -71,7 +77,7 @@ type Server struct {
 	serverCert atomic.Pointer[tls.Certificate]
 	adminCert  atomic.Pointer[tls.Certificate] // nil: the admin listener serves plain HTTP (loopback only)
 
-	deviceLn, adminLn net.Listener
+	deviceLn, adminLn, mqttLn net.Listener
 	// Ready is closed once both listeners accept connections.
 	ready chan struct{}
 }
@@ -83,7 +89,11 @@ type options struct {
 	notice     io.Writer
 	now        func() time.Time
 	listenHook func(deviceAddr, adminAddr net.Addr)
+	mqttHook   func(mqttAddr net.Addr)
 }
+
+// WithMQTTHook is told the MQTT listener's address once it is bound.
+func WithMQTTHook(f func(mqttAddr net.Addr)) Option { return func(o *options) { o.mqttHook = f } }
 
 // WithNotice sends the one-time notices meant for the person starting Ward
 // (the bootstrap admin token) to w instead of standard error.
@@ -147,6 +157,12 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger, opts ...Optio
 				log.Error("publish manufacturer change", "err", err)
 			}
 		},
+		OnStateChange: func(id string, state fleet.State) {
+			b, _ := json.Marshal(bus.DeviceState{ID: id, State: string(state)})
+			if err := s.bus.Conn.Publish(bus.SubjectDeviceState, b); err != nil {
+				log.Error("publish device state", "err", err)
+			}
+		},
 	})
 	if err != nil {
 		return nil, err
@@ -174,6 +190,16 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger, opts ...Optio
 		return nil, err
 	}
 
+	if err := s.renewServerCert(); err != nil {
+		return nil, err
+	}
+	if s.mqttLn, err = net.Listen("tcp", cfg.MQTTAddr); err != nil {
+		return nil, fmt.Errorf("server: MQTT listener: %w", err)
+	}
+	if err := s.openGateway(ctx, auditLog, o.now); err != nil {
+		return nil, err
+	}
+
 	people, err := openAccess(ctx, cfg, log, s.store, auditLog, o.now)
 	if err != nil {
 		return nil, err
@@ -185,6 +211,7 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger, opts ...Optio
 		WebAuthn: people.webauthn, OIDC: people.oidc,
 		Approvals: people.approvals, MassRevokeLimit: cfg.Access.MassRevokeLimit,
 		AuditKey: s.auditKey.Public(),
+		History:  s.history,
 		Ready:    s.readyCheck,
 		Logger:   log.With("component", "api"),
 		Version:  Version,
@@ -192,9 +219,6 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger, opts ...Optio
 		return nil, err
 	}
 
-	if err := s.renewServerCert(); err != nil {
-		return nil, err
-	}
 	if err := s.loadAdminCert(); err != nil {
 		return nil, err
 	}
@@ -207,6 +231,9 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger, opts ...Optio
 	}
 	if o.listenHook != nil {
 		o.listenHook(s.deviceLn.Addr(), s.adminLn.Addr())
+	}
+	if o.mqttHook != nil {
+		o.mqttHook(s.mqttLn.Addr())
 	}
 	return s, nil
 }
@@ -414,7 +441,12 @@ func (s *Server) Run(ctx context.Context) error {
 			s.log.Error("audit checkpoint", "err", err)
 		}
 	}()
-	s.log.Info("MQTT device gateway is not part of this version; mqtt_addr is reserved for it", "mqtt_addr", s.cfg.MQTTAddr)
+	g.Go(func() error {
+		s.log.Info("device gateway (MQTT over mutual TLS 1.3)", "addr", s.mqttLn.Addr().String())
+		return s.gateway.Run(gctx)
+	})
+	g.Go(func() error { return s.ingest.Run(gctx) })
+	g.Go(func() error { return s.commands.Run(gctx) })
 	g.Go(func() error {
 		<-gctx.Done()
 		s.log.Info("shutting down")
@@ -459,6 +491,9 @@ func (s *Server) close() {
 	}
 	if s.adminLn != nil {
 		s.adminLn.Close()
+	}
+	if s.mqttLn != nil {
+		s.mqttLn.Close()
 	}
 	if s.bus != nil {
 		if err := s.bus.Close(); err != nil {

@@ -42,7 +42,7 @@ type node struct {
 
 func startNode(t *testing.T, cfg config.Config) *node {
 	t.Helper()
-	cfg.DeviceAddr, cfg.AdminAddr = "127.0.0.1:0", "127.0.0.1:0"
+	cfg.DeviceAddr, cfg.AdminAddr, cfg.MQTTAddr = "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
@@ -262,7 +262,7 @@ func tryEnroll(addr string, root *x509.Certificate, cert tls.Certificate, op str
 func TestWrongCAPassphrase(t *testing.T) {
 	cfg := config.Default()
 	cfg.Data = t.TempDir()
-	cfg.DeviceAddr, cfg.AdminAddr = "127.0.0.1:0", "127.0.0.1:0"
+	cfg.DeviceAddr, cfg.AdminAddr, cfg.MQTTAddr = "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
@@ -289,7 +289,7 @@ func TestWrongCAPassphrase(t *testing.T) {
 func TestAdminTLS(t *testing.T) {
 	cfg := config.Default()
 	cfg.Data = t.TempDir()
-	cfg.DeviceAddr, cfg.AdminAddr = "127.0.0.1:0", "127.0.0.1:0"
+	cfg.DeviceAddr, cfg.AdminAddr, cfg.MQTTAddr = "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"
 	cfg.AdminTLS.Enabled = true
 	cfg.AdminTLS.Names = []string{"127.0.0.1"}
 	if err := cfg.Validate(); err != nil {

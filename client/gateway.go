@@ -1,0 +1,74 @@
+package client
+
+import (
+	"context"
+	"net/http"
+	"net/url"
+	"strconv"
+	"time"
+)
+
+// Connection is one row of a device's connection history.
+type Connection struct {
+	ID             string     `json:"id"`
+	DeviceID       string     `json:"device_id,omitempty"`
+	Node           string     `json:"node"`
+	RemoteAddr     string     `json:"remote_addr"`
+	CertSerial     string     `json:"cert_serial,omitempty"`
+	TLSVersion     string     `json:"tls_version,omitempty"`
+	Cipher         string     `json:"cipher,omitempty"`
+	MQTTVersion    int        `json:"mqtt_version,omitempty"`
+	ClientVersion  string     `json:"client_version,omitempty"`
+	ConnectedAt    time.Time  `json:"connected_at"`
+	DisconnectedAt *time.Time `json:"disconnected_at,omitempty"`
+	DurationMS     *int64     `json:"duration_ms,omitempty"`
+	// Reason is why it ended or was refused (client_close,
+	// keepalive_timeout, revoked, protocol_error, rate_limit, refused_auth,
+	// refused_client_id, server_shutdown, …); empty while connected.
+	Reason   string `json:"reason,omitempty"`
+	Detail   string `json:"detail,omitempty"`
+	Refusals int    `json:"refusals"`
+}
+
+// Quarantine restricts a device's session, on whichever node it is
+// connected, within a second; why is required.
+func (c *Client) Quarantine(ctx context.Context, ref, why string) (Device, error) {
+	p, err := refPath(ref)
+	if err != nil {
+		return Device{}, err
+	}
+	var out Device
+	err = c.do(ctx, http.MethodPost, p+"/quarantine", nil, struct {
+		Reason string `json:"reason"`
+	}{why}, &out)
+	return out, err
+}
+
+// Release lifts a device's quarantine.
+func (c *Client) Release(ctx context.Context, ref string) (Device, error) {
+	p, err := refPath(ref)
+	if err != nil {
+		return Device{}, err
+	}
+	var out Device
+	err = c.do(ctx, http.MethodPost, p+"/release", nil, nil, &out)
+	return out, err
+}
+
+// History returns a device's most recent connections, newest first
+// (limit 0: the server's default, 100).
+func (c *Client) History(ctx context.Context, ref string, limit int) ([]Connection, error) {
+	p, err := refPath(ref)
+	if err != nil {
+		return nil, err
+	}
+	var q url.Values
+	if limit > 0 {
+		q = url.Values{"limit": {strconv.Itoa(limit)}}
+	}
+	var out struct {
+		Items []Connection `json:"items"`
+	}
+	err = c.do(ctx, http.MethodGet, p+"/history", q, nil, &out)
+	return out.Items, err
+}

@@ -1,0 +1,88 @@
+package api
+
+import (
+	"context"
+	"net/http"
+
+	"github.com/danielgtaylor/huma/v2"
+
+	"github.com/wardhq/ward/internal/access"
+	"github.com/wardhq/ward/internal/gateway"
+)
+
+// Device gateway: live quarantine and the connection history.
+
+type quarantineInput struct {
+	Ref  string `path:"ref" doc:"Ward id or serial number"`
+	Body struct {
+		Reason string `json:"reason" minLength:"1" maxLength:"512" doc:"Why, for the audit log and the device record"`
+	}
+}
+
+type releaseInput struct {
+	Ref string `path:"ref" doc:"Ward id or serial number"`
+}
+
+type historyInput struct {
+	Ref   string `path:"ref" doc:"Ward id or serial number"`
+	Limit int    `query:"limit" minimum:"1" maximum:"1000" default:"100" doc:"Most recent connections to return"`
+}
+
+type historyOutput struct {
+	Body struct {
+		Items []gateway.Connection `json:"items"`
+	}
+}
+
+func (s *server) gatewayRoutes() {
+	tags := []string{"devices"}
+	register(s, huma.Operation{
+		OperationID: "quarantine-device", Metadata: perm(access.DevicesRevoke), Method: http.MethodPost, Path: Prefix + "/devices/{ref}/quarantine",
+		Summary:     "Quarantine a device: its session is restricted within a second, on whichever node it is",
+		Description: "A quarantined device may still publish its state and events and receive commands (security updates); nothing else. Therapy is never stopped.",
+		Tags:        tags,
+	}, func(ctx context.Context, in *quarantineInput) (*deviceOutput, error) {
+		d, err := s.device(ctx, in.Ref)
+		if err != nil {
+			return nil, err
+		}
+		d, err = s.cfg.Fleet.Quarantine(ctx, actor(ctx), d.ID, in.Body.Reason)
+		if err != nil {
+			return nil, err
+		}
+		return &deviceOutput{Body: d}, nil
+	})
+	register(s, huma.Operation{
+		OperationID: "release-device", Metadata: perm(access.DevicesRevoke), Method: http.MethodPost, Path: Prefix + "/devices/{ref}/release",
+		Summary: "Release a quarantined device: it is active again", Tags: tags,
+	}, func(ctx context.Context, in *releaseInput) (*deviceOutput, error) {
+		d, err := s.device(ctx, in.Ref)
+		if err != nil {
+			return nil, err
+		}
+		d, err = s.cfg.Fleet.Release(ctx, actor(ctx), d.ID)
+		if err != nil {
+			return nil, err
+		}
+		return &deviceOutput{Body: d}, nil
+	})
+	register(s, huma.Operation{
+		OperationID: "device-history", Metadata: perm(access.DevicesRead), Method: http.MethodGet, Path: Prefix + "/devices/{ref}/history",
+		Summary: "A device's connection history, newest first: refused attempts included", Tags: tags,
+	}, func(ctx context.Context, in *historyInput) (*historyOutput, error) {
+		d, err := s.device(ctx, in.Ref)
+		if err != nil {
+			return nil, err
+		}
+		if s.cfg.History == nil {
+			return nil, huma.Error503ServiceUnavailable("connection history is not available on this node")
+		}
+		items, err := s.cfg.History.List(ctx, d.ID, in.Limit)
+		if err != nil {
+			return nil, err
+		}
+		out := &historyOutput{}
+		out.Body.Items = items
+		return out, nil
+	})
+}

@@ -1,0 +1,73 @@
+package api_test
+
+import (
+	"context"
+	"net/http"
+	"testing"
+
+	"github.com/wardhq/ward/client"
+	"github.com/wardhq/ward/internal/api"
+	"github.com/wardhq/ward/internal/api/apitest"
+	"github.com/wardhq/ward/internal/audit"
+	"github.com/wardhq/ward/internal/fleet"
+	"github.com/wardhq/ward/internal/gateway"
+	"github.com/wardhq/ward/internal/pki"
+	"github.com/wardhq/ward/internal/store"
+	"github.com/wardhq/ward/internal/store/storetest"
+)
+
+func TestQuarantineReleaseHistoryRoutes(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, st *store.Store) {
+		e := apitest.New(t, st, func(c *api.Config) { c.History = gateway.NewHistory(gateway.HistoryConfig{Store: st}) })
+		ctx := context.Background()
+		mfrCA, _ := e.ManufacturerCA(t, "Acme")
+		if _, err := e.Client.AddManufacturer(ctx, "Acme", pki.EncodeCertificates(mfrCA)); err != nil {
+			t.Fatal(err)
+		}
+		d, err := e.Client.Preregister(ctx, client.Preregistration{Serial: "PX-1", Manufacturer: "Acme", Model: "P7"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := e.Client.Quarantine(ctx, "PX-1", "odd"); statusOf(err) != http.StatusConflict {
+			t.Errorf("quarantine a pending device: %v", err)
+		}
+		issueTo(t, e, d.ID, "PX-1")
+		q, err := e.Client.Quarantine(ctx, "PX-1", "odd traffic")
+		if err != nil || string(q.State) != string(fleet.Quarantined) {
+			t.Fatalf("quarantine: %+v %v", q, err)
+		}
+		if _, err := e.Client.Quarantine(ctx, "PX-1", "again"); statusOf(err) != http.StatusConflict {
+			t.Errorf("quarantine twice: %v", err)
+		}
+		if _, err := e.Client.Quarantine(ctx, "PX-1", ""); statusOf(err) != http.StatusUnprocessableEntity && statusOf(err) != http.StatusBadRequest {
+			t.Errorf("quarantine without reason: %v", err)
+		}
+		r, err := e.Client.Release(ctx, d.ID)
+		if err != nil || string(r.State) != string(fleet.Active) {
+			t.Fatalf("release: %+v %v", r, err)
+		}
+		if _, err := e.Client.Release(ctx, d.ID); statusOf(err) != http.StatusConflict {
+			t.Errorf("release an active device: %v", err)
+		}
+		h, err := e.Client.History(ctx, "PX-1", 10)
+		if err != nil || len(h) != 0 {
+			t.Errorf("history: %+v %v", h, err)
+		}
+		if _, err := e.Client.History(ctx, "nope", 0); statusOf(err) != http.StatusNotFound {
+			t.Errorf("history of an unknown device: %v", err)
+		}
+		entries, err := e.Audit.List(ctx, audit.Filter{Target: "device:" + d.ID})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var seen int
+		for _, en := range entries {
+			if en.Action == "device.quarantine" || en.Action == "device.release" {
+				seen++
+			}
+		}
+		if seen != 2 {
+			t.Errorf("audit: %d quarantine/release entries", seen)
+		}
+	})
+}

@@ -1,0 +1,299 @@
+package gateway
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/mochi-mqtt/server/v2/listeners"
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/wardhq/ward/internal/fleet"
+	"github.com/wardhq/ward/internal/pki"
+)
+
+// listener is the gateway's own mochi listener: it checks the source
+// rate and the connection count before the TLS handshake, runs the
+// handshake itself (so every refusal is recorded with its address), checks
+// the device's connection rate, then hands the connection to mochi and
+// records how it ended.
+type listener struct {
+	g      *Gateway
+	ln     net.Listener
+	wg     sync.WaitGroup
+	active atomic.Int64
+	end    atomic.Bool
+	mu     sync.Mutex
+}
+
+var _ listeners.Listener = (*listener)(nil)
+
+const listenerID = "ward-mqtts"
+
+func (l *listener) ID() string              { return listenerID }
+func (l *listener) Address() string         { return l.ln.Addr().String() }
+func (l *listener) Protocol() string        { return "mqtts" }
+func (l *listener) Init(*slog.Logger) error { return nil }
+func (l *listener) Close(closeFn listeners.CloseFn) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.end.CompareAndSwap(false, true) {
+		_ = l.ln.Close()
+		closeFn(l.id())
+		// Connections still in their handshake or before CONNECT.
+		l.g.mu.Lock()
+		for c, s := range l.g.byConn {
+			if s.mqttClient() == nil {
+				_ = c.Close()
+			}
+		}
+		l.g.mu.Unlock()
+	}
+}
+
+func (l *listener) id() string { return listenerID }
+
+// Serve accepts until the listener closes. mochi runs it in a goroutine.
+func (l *listener) Serve(establish listeners.EstablishFn) {
+	var delay time.Duration
+	for {
+		c, err := l.ln.Accept()
+		if err != nil {
+			if l.end.Load() || errors.Is(err, net.ErrClosed) {
+				return
+			}
+			// Out of file descriptors and the like: back off, as net/http does.
+			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+			l.g.log.Warn("gateway: accept", "err", err, "retry_in", delay.String())
+			time.Sleep(delay)
+			continue
+		}
+		delay = 0
+		if l.end.Load() {
+			c.Close()
+			return
+		}
+		remote := c.RemoteAddr().String()
+		if l.active.Load() >= int64(l.g.lim.MaxConnections) {
+			c.Close()
+			l.g.refuse(refusal{conn: Connection{RemoteAddr: remote}, reason: ReasonServerBusy, detail: "too many connections on this node", flood: true})
+			continue
+		}
+		if !l.g.srcLim.allow(hostOf(remote), l.g.now()) {
+			c.Close()
+			l.g.violation("", hostOf(remote), ViolationConnectSource, "connection attempts from "+hostOf(remote))
+			l.g.refuse(refusal{conn: Connection{RemoteAddr: remote}, reason: ReasonRateLimit, detail: "too many connection attempts from this address", flood: true})
+			continue
+		}
+		l.active.Add(1)
+		l.wg.Add(1)
+		go func() {
+			defer l.wg.Done()
+			defer l.active.Add(-1)
+			l.serveConn(c, establish)
+		}()
+	}
+}
+
+// handshakeError is what verifyConnection reports: why, and who.
+type handshakeError struct {
+	reason, detail   string
+	deviceID, serial string
+}
+
+func (e *handshakeError) Error() string { return "gateway: " + e.detail }
+
+// verifyConnection runs inside the TLS handshake: the client certificate
+// must be Ward's, valid now, name a device, and not be revoked.
+func (g *Gateway) verifyConnection(cs tls.ConnectionState) error {
+	if len(cs.PeerCertificates) == 0 {
+		return &handshakeError{reason: ReasonRefusedAuth, detail: "no client certificate"}
+	}
+	leaf := cs.PeerCertificates[0]
+	serial := fleet.CertSerial(leaf)
+	id, err := g.cfg.CA.VerifyDevice(leaf, cs.PeerCertificates[1:])
+	if err != nil {
+		he := &handshakeError{reason: ReasonRefusedAuth, serial: serial}
+		switch {
+		case errors.Is(err, pki.ErrCertExpired):
+			he.detail = "certificate expired"
+		case errors.Is(err, pki.ErrCertNotYetValid):
+			he.detail = "certificate not yet valid"
+		case errors.Is(err, pki.ErrNotDeviceCert), errors.Is(err, pki.ErrInvalidDeviceID):
+			he.detail = "not a device certificate"
+		default:
+			he.detail = "certificate not issued by Ward's CA"
+		}
+		if errors.Is(err, pki.ErrCertExpired) || errors.Is(err, pki.ErrCertNotYetValid) {
+			// Ward's own certificate, only out of date: name the device.
+			he.deviceID, _ = pki.DeviceIDFromCert(leaf)
+		} else {
+			he.serial = "" // a serial of a foreign CA means nothing here
+		}
+		return he
+	}
+	if g.cfg.Fleet.IsRevoked(serial) {
+		return &handshakeError{reason: ReasonRevoked, detail: "certificate revoked", deviceID: id, serial: serial}
+	}
+	return nil
+}
+
+func tlsVersionName(v uint16) string {
+	switch v {
+	case tls.VersionTLS13:
+		return "TLS 1.3"
+	case tls.VersionTLS12:
+		return "TLS 1.2"
+	}
+	return fmt.Sprintf("0x%04x", v)
+}
+
+func (l *listener) serveConn(c net.Conn, establish listeners.EstablishFn) {
+	g := l.g
+	remote := c.RemoteAddr().String()
+	tc := tls.Server(c, g.tlsCfg)
+	defer tc.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), g.lim.HandshakeTimeout)
+	err := tc.HandshakeContext(ctx)
+	cancel()
+	if err != nil {
+		var he *handshakeError
+		switch {
+		case errors.As(err, &he):
+			g.refuse(refusal{conn: Connection{DeviceID: he.deviceID, CertSerial: he.serial, RemoteAddr: remote, TLSVersion: "TLS 1.3"},
+				reason: he.reason, detail: he.detail, flood: true})
+		case strings.Contains(err.Error(), "didn't provide a certificate"):
+			g.refuse(refusal{conn: Connection{RemoteAddr: remote}, reason: ReasonRefusedAuth, detail: "no client certificate", flood: true})
+		default:
+			g.refuse(refusal{conn: Connection{RemoteAddr: remote}, reason: ReasonProtocolError, detail: "TLS handshake failed: " + handshakeFailure(err), flood: true})
+		}
+		return
+	}
+	cs := tc.ConnectionState()
+	leaf := cs.PeerCertificates[0]
+	id, _ := pki.DeviceIDFromCert(leaf) // verified in the handshake
+	s := &session{
+		conn:       tc,
+		deviceID:   id,
+		serial:     fleet.CertSerial(leaf),
+		remote:     remote,
+		tlsVersion: tlsVersionName(cs.Version),
+		cipher:     tls.CipherSuiteName(cs.CipherSuite),
+	}
+	if !g.devLim.allow(id, g.now()) {
+		g.violation(id, hostOf(remote), ViolationConnectDevice, "connection attempts")
+		g.refuse(refusal{conn: s.row(), reason: ReasonRateLimit, detail: "too many connection attempts by this device", flood: true})
+		return
+	}
+	g.addSession(s)
+	defer g.removeSession(s)
+	if l.end.Load() {
+		return
+	}
+	// CONNECT must come within the handshake timeout; mochi then keeps
+	// the deadline at 1.5 × keepalive.
+	_ = tc.SetDeadline(g.now().Add(g.lim.HandshakeTimeout))
+	err = establish(listenerID, tc)
+	g.finish(s, err)
+}
+
+// handshakeFailure names a handshake error without echoing peer bytes.
+func handshakeFailure(err error) string {
+	var ne net.Error
+	switch {
+	case errors.As(err, &ne) && ne.Timeout(), errors.Is(err, context.DeadlineExceeded):
+		return "timeout"
+	case errors.Is(err, net.ErrClosed):
+		return "connection closed"
+	}
+	var rhe tls.RecordHeaderError
+	if errors.As(err, &rhe) {
+		return "not TLS"
+	}
+	return clip(err.Error(), 160)
+}
+
+// finish records how a connection handed to mochi ended.
+func (g *Gateway) finish(s *session, err error) {
+	now := g.now().UTC()
+	switch s.phase.Load() {
+	case phaseRefused:
+		return
+	case phaseTLS, phaseAdmitted:
+		// No CONNECT, a bad one, or one refused by mochi itself.
+		detail := "no valid CONNECT"
+		if err != nil {
+			detail += ": " + disconnectDetail(err)
+		}
+		g.refuse(refusal{conn: s.row(), reason: ReasonProtocolError, detail: detail, flood: true})
+		return
+	}
+	reason, detail := g.endReason(s, err)
+	g.hist.closed(s.rowID, now, s.connectedAt, reason, detail, int(s.refusals.Load()))
+	g.stats.connected.Add(-1)
+	g.log.Debug("gateway: device disconnected", "device", s.deviceID, "reason", reason)
+}
+
+// endReason classifies the end of an established session.
+func (g *Gateway) endReason(s *session, err error) (string, string) {
+	if r := s.end(); r != "" {
+		return r, disconnectDetail(err)
+	}
+	if cl := s.mqttClient(); cl != nil && cl.IsTakenOver() {
+		return ReasonTakenOver, ""
+	}
+	if g.closing.Load() {
+		return ReasonServerShutdown, ""
+	}
+	if err == nil {
+		return ReasonClientClose, ""
+	}
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return ReasonKeepaliveTimeout, ""
+	}
+	var code packets.Code
+	if errors.As(err, &code) {
+		switch code.Code {
+		case packets.ErrPacketTooLarge.Code:
+			g.violation(s.deviceID, hostOf(s.remote), ViolationPacketSize, "packet larger than the maximum")
+		case packets.CodeDisconnect.Code:
+			return ReasonClientClose, ""
+		case packets.ErrSessionTakenOver.Code:
+			return ReasonTakenOver, ""
+		case packets.ErrServerShuttingDown.Code:
+			return ReasonServerShutdown, ""
+		}
+		return ReasonProtocolError, code.Reason
+	}
+	if isClosed(err) {
+		return ReasonClientClose, ""
+	}
+	return ReasonProtocolError, disconnectDetail(err)
+}
+
+func isClosed(err error) bool {
+	if errors.Is(err, net.ErrClosed) {
+		return true
+	}
+	msg := err.Error()
+	return msg == "EOF" || strings.HasSuffix(msg, "EOF") || strings.Contains(msg, "connection reset") || strings.Contains(msg, "broken pipe")
+}
+
+func disconnectDetail(err error) string {
+	if err == nil {
+		return ""
+	}
+	var code packets.Code
+	if errors.As(err, &code) {
+		return code.Reason
+	}
+	return clip(err.Error(), 160)
+}

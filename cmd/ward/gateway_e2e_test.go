@@ -6,12 +6,10 @@ package main
 // node's JetStream directory is then opened by an embedded NATS server here
 // and every acknowledged message must be in the device stream.
 //
-// The node is testdata/gatewaynode (store, CA, registry, embedded bus,
-// gateway, ingest) until `ward serve --mqtt-addr` runs the gateway; then
-// this test should start the ward binary instead (see gwStartNode).
+// The node is the real `ward serve`, on a data directory provisioned with
+// a CA and one active device.
 
 import (
-	"bufio"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -19,10 +17,10 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -97,40 +95,39 @@ func gwProvision(t *testing.T, data string) (string, tls.Certificate, *x509.Cert
 	return d.ID, tls.Certificate{Certificate: [][]byte{cert.Raw, ca.Issuer().Raw}, PrivateKey: key, Leaf: cert}, roots
 }
 
-// gwStartNode builds and starts the node process and waits until it
-// listens.
+// gwStartNode starts `ward serve` on the provisioned data directory with
+// the gateway on addr, and waits until it is ready. The message rate limit
+// is raised: this test measures durability, not throttling.
 func gwStartNode(t *testing.T, data, addr string) *exec.Cmd {
 	t.Helper()
-	bin := filepath.Join(t.TempDir(), "gatewaynode")
-	if out, err := exec.Command("go", "build", "-o", bin, "./testdata/gatewaynode").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	cmd := exec.Command(bin, "-data", data, "-addr", addr)
-	cmd.Env = append(os.Environ(), "WARD_CA_PASSPHRASE="+gwPassphrase)
-	cmd.Stderr = os.Stderr
-	out, err := cmd.StdoutPipe()
-	if err != nil {
+	bin := buildWard(t)
+	conf := filepath.Join(t.TempDir(), "ward.yaml")
+	if err := os.WriteFile(conf, []byte("gateway:\n  msg_rate: 100000\n  msg_burst: 100000\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	admin := freeAddr(t)
+	cmd := exec.Command(bin, "serve", "--config", conf, "--data", data, "--mqtt-addr", addr,
+		"--device-addr", freeAddr(t), "--admin-addr", admin, "--log-level", "warn")
+	cmd.Env = append(os.Environ(), "WARD_CA_PASSPHRASE="+gwPassphrase)
+	log := &lockedBuffer{}
+	cmd.Stdout, cmd.Stderr = log, log
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	ready := make(chan string, 1)
-	go func() {
-		sc := bufio.NewScanner(out)
-		for sc.Scan() {
-			if strings.HasPrefix(sc.Text(), "ready") {
-				ready <- sc.Text()
+	for deadline := time.Now().Add(60 * time.Second); ; {
+		resp, err := http.Get("http://" + admin + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return cmd
 			}
 		}
-	}()
-	select {
-	case <-ready:
-	case <-time.After(60 * time.Second):
-		t.Fatal("gateway node not ready after 60s")
+		if time.Now().After(deadline) {
+			t.Fatalf("ward serve not ready after 60s:\n%s", log)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
-	return cmd
 }
 
 func TestGatewayAckedMessagesSurviveKill9(t *testing.T) {
@@ -199,7 +196,7 @@ func TestGatewayAckedMessagesSurviveKill9(t *testing.T) {
 	t.Logf("killed with SIGKILL after %d acknowledged messages (%s ago)", n, time.Since(killedAt).Round(time.Millisecond))
 
 	// Open the node's JetStream directory as the node would on restart.
-	b, err := bus.Open(bus.Config{Dir: filepath.Join(data, "bus"), Name: "gatewaynode"})
+	b, err := bus.Open(bus.Config{Dir: filepath.Join(data, "bus"), Name: "after-kill"})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -2,9 +2,11 @@
 // from a validated config.Config, in dependency order, and runs their loops
 // and listeners as one task list until the context ends:
 //
-//	store ─┬─ audit ─┬─ fleet ─┬─ enroll ── device listener (HTTPS, mTLS, TLS 1.3)
-//	bus ───┘         ├─ access ┴─ api ───── admin listener (HTTP on loopback)
-//	pki (CA) ────────┘
+//	store ─┬─ audit ─┬─ fleet ─┬─ enroll ─────────── device listener (EST over HTTPS, mTLS, TLS 1.3)
+//	bus ───┤         │         ├─ gateway ─ ingest ── MQTT listener (MQTT over mTLS, TLS 1.3)
+//	       │         │         │          └ commands
+//	pki ───┘         ├─ access ┴─ api ─────────────── admin listener (HTTP on loopback, else TLS)
+//	                 └─ checkpointer (signed audit checkpoints)
 //
 // On a fresh data directory it creates a demonstration CA and a bootstrap
 // admin token, and says so loudly. Shutdown is graceful: listeners stop

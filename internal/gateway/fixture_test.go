@@ -9,7 +9,6 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"encoding/pem"
-	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -346,4 +345,3 @@ func ctx5(t *testing.T) context.Context {
 	return ctx
 }
 
-var errTimeout = errors.New("timeout")

@@ -344,4 +344,3 @@ func ctx5(t *testing.T) context.Context {
 	t.Cleanup(cancel)
 	return ctx
 }
-

@@ -24,6 +24,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"regexp"
 	"strings"
 	"unicode/utf8"
@@ -110,10 +111,7 @@ func CheckPayload(b []byte) error {
 	if err := dec.Decode(&obj); err != nil || obj == nil {
 		return fmt.Errorf("%w: not a JSON object", ErrBadPayload)
 	}
-	if dec.More() {
-		return fmt.Errorf("%w: data after the JSON object", ErrBadPayload)
-	}
-	if _, err := dec.Token(); err == nil {
+	if _, err := dec.Token(); err != io.EOF {
 		return fmt.Errorf("%w: data after the JSON object", ErrBadPayload)
 	}
 	var v int

@@ -1,6 +1,7 @@
 package protocol
 
 import (
+	"encoding/json"
 	"errors"
 	"strings"
 	"testing"
@@ -44,6 +45,9 @@ func TestCheckPayload(t *testing.T) {
 		{`null`, false},
 		{`{"v":1} {"v":1}`, false},
 		{`{"v":1}x`, false},
+		{`{"v":1}}`, false},
+		{`{"v":1}]`, false},
+		{"{\"v\":1}  \n", true},
 		{`{"v":"1"}`, false},
 		{`{"v":1`, false},
 		{"{\"v\":1,\"s\":\"\xff\"}", false},
@@ -73,7 +77,15 @@ func FuzzParseTopic(f *testing.F) {
 func FuzzCheckPayload(f *testing.F) {
 	f.Add([]byte(`{"v":1,"mode":"idle"}`))
 	f.Add([]byte(`{"v":1}{}`))
+	f.Add([]byte(`{"v":1}}`))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		_ = CheckPayload(b) // must not panic; bounded by MaxPayload
+		if CheckPayload(b) != nil {
+			return
+		}
+		// Whatever is accepted is exactly one valid JSON object with v 1.
+		var obj map[string]any
+		if !json.Valid(b) || json.Unmarshal(b, &obj) != nil || obj["v"] != float64(1) {
+			t.Fatalf("accepted %q", b)
+		}
 	})
 }

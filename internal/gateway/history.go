@@ -54,7 +54,7 @@ type HistoryConfig struct {
 	Store *store.Store
 	// Retention is how long rows are kept (default 90 days).
 	Retention time.Duration
-	// Queue bounds the rows waiting to be written (default 8192); when it
+	// Queue bounds the rows waiting to be written (default 65536); when it
 	// is full, rows are dropped and counted.
 	Queue  int
 	Logger *slog.Logger
@@ -100,7 +100,7 @@ func NewHistory(cfg HistoryConfig) *History {
 	}
 	q := cfg.Queue
 	if q <= 0 {
-		q = 8192
+		q = 65536
 	}
 	h.ops = make(chan historyOp, q)
 	return h
@@ -175,7 +175,7 @@ func (h *History) Run(ctx context.Context) error {
 	cleanup := time.NewTicker(time.Hour)
 	defer cleanup.Stop()
 	h.cleanup(ctx)
-	batch := make([]historyOp, 0, 256)
+	batch := make([]historyOp, 0, 1024)
 	for {
 		select {
 		case <-ctx.Done():

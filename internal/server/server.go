@@ -443,10 +443,7 @@ func (s *Server) Run(ctx context.Context) error {
 			s.log.Error("audit checkpoint", "err", err)
 		}
 	}()
-	g.Go(func() error {
-		s.log.Info("device gateway (MQTT over mutual TLS 1.3)", "addr", s.mqttLn.Addr().String())
-		return s.gateway.Run(gctx)
-	})
+	g.Go(func() error { return s.gateway.Run(gctx) })
 	g.Go(func() error { return s.ingest.Run(gctx) })
 	g.Go(func() error { return s.commands.Run(gctx) })
 	g.Go(func() error {

@@ -1,8 +1,12 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
+	"net"
+	"net/http"
+	"net/http/pprof"
 	"os"
 	"time"
 
@@ -76,6 +80,11 @@ ca.passphrase_file, never from a flag.`,
 				return err
 			}
 			ctx := cmd.Context()
+			if addr := os.Getenv("WARD_PPROF_ADDR"); addr != "" {
+				if err := servePprof(ctx, addr, log); err != nil {
+					return err
+				}
+			}
 			start := time.Now()
 			srv, err := server.New(ctx, cfg, log)
 			if err != nil {
@@ -129,4 +138,34 @@ func newVersionCmd() *cobra.Command {
 			fmt.Fprintln(cmd.OutOrStdout(), "ward", server.Version)
 		},
 	}
+}
+
+// servePprof serves Go's profiler on a loopback address, for measuring
+// (WARD_PPROF_ADDR=127.0.0.1:6060). It is off unless asked for, and never
+// off this host: profiles show memory, which may hold secrets.
+func servePprof(ctx context.Context, addr string, log *slog.Logger) error {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("WARD_PPROF_ADDR: %w", err)
+	}
+	if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
+		return fmt.Errorf("WARD_PPROF_ADDR: %q is not a loopback address", addr)
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("WARD_PPROF_ADDR: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		<-ctx.Done()
+		srv.Close()
+	}()
+	go func() { _ = srv.Serve(ln) }()
+	log.Warn("profiler on", "addr", "http://"+ln.Addr().String()+"/debug/pprof/")
+	return nil
 }

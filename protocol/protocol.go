@@ -24,7 +24,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"regexp"
 	"strings"
 	"unicode/utf8"
@@ -106,16 +105,19 @@ func CheckPayload(b []byte) error {
 	if !utf8.Valid(b) {
 		return fmt.Errorf("%w: not valid UTF-8", ErrBadPayload)
 	}
-	dec := json.NewDecoder(bytes.NewReader(b))
-	var obj map[string]json.RawMessage
-	if err := dec.Decode(&obj); err != nil || obj == nil {
+	// json.Valid accepts exactly one JSON value with only white space
+	// around it, and allocates nothing; then the value must be an object.
+	if !json.Valid(b) {
+		return fmt.Errorf("%w: not a JSON object, or data after it", ErrBadPayload)
+	}
+	if t := bytes.TrimLeft(b, " \t\r\n"); len(t) == 0 || t[0] != '{' {
 		return fmt.Errorf("%w: not a JSON object", ErrBadPayload)
 	}
-	if _, err := dec.Token(); err != io.EOF {
-		return fmt.Errorf("%w: data after the JSON object", ErrBadPayload)
+	// Only "v" is decoded (the last one, if repeated, as encoding/json does).
+	var env struct {
+		V json.RawMessage `json:"v"`
 	}
-	var v int
-	if raw, ok := obj["v"]; !ok || json.Unmarshal(raw, &v) != nil || v != 1 {
+	if err := json.Unmarshal(b, &env); err != nil || string(env.V) != "1" {
 		return fmt.Errorf("%w: \"v\" must be 1", ErrBadPayload)
 	}
 	return nil

@@ -40,9 +40,9 @@ func (s *Server) serveEnroll(w http.ResponseWriter, r *http.Request, action stri
 	a := &attempt{action: action, actor: audit.Anonymous, source: r.RemoteAddr, detail: map[string]any{}}
 	if s.limiter != nil {
 		ip := remoteIP(r)
-		if !s.limiter.allow(ip, s.now()) {
+		if !s.limiter.Allow(ip, s.now()) {
 			// A flood must not become a flood of audit writes.
-			if ok, suppressed := s.quiet.allow("rate:" + ip); ok {
+			if ok, suppressed := s.quiet.Allow("rate:"+ip, time.Now()); ok {
 				a.detail["suppressed"] = suppressed
 				s.deny(r.Context(), a, refuse(ErrRateLimited, "too many enrollment requests from %s; slow down", ip))
 			}

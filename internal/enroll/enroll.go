@@ -90,6 +90,7 @@ import (
 	"github.com/wardhq/ward/internal/audit"
 	"github.com/wardhq/ward/internal/fleet"
 	"github.com/wardhq/ward/internal/pki"
+	"github.com/wardhq/ward/internal/ratelimit"
 	"github.com/wardhq/ward/internal/store"
 )
 
@@ -147,8 +148,8 @@ type Server struct {
 	retryAfter time.Duration
 	now        func() time.Time
 
-	limiter *ipLimiter // nil: no limit
-	quiet   *throttle  // how often floods are audited
+	limiter *ratelimit.Keyed    // nil: no limit
+	quiet   *ratelimit.Throttle // how often floods are audited
 
 	cacerts []byte // response body of /cacerts, built once
 	crl     crlCache
@@ -171,7 +172,7 @@ func New(cfg Config) (*Server, error) {
 		maxBody:    cfg.MaxBody,
 		retryAfter: cfg.RetryAfter,
 		now:        cfg.Now,
-		quiet:      newThrottle(time.Minute, 4096),
+		quiet:      ratelimit.NewThrottle(time.Minute, 4096),
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
@@ -193,7 +194,7 @@ func New(cfg Config) (*Server, error) {
 		if burst == 0 {
 			burst = max(1, int(2*limit))
 		}
-		s.limiter = newIPLimiter(limit, burst, 65536, 3*time.Minute)
+		s.limiter = ratelimit.NewKeyed(limit, burst, 65536, 3*time.Minute)
 	}
 	body, err := certsOnly(cfg.CA.Issuer(), cfg.CA.Root())
 	if err != nil {
@@ -254,7 +255,7 @@ func (s *Server) verifyConnection(cs tls.ConnectionState) error {
 		actor = "cert:" + pki.Fingerprint(leaf)
 	}
 	s.log.Info("enroll: revoked certificate refused at handshake", "actor", actor, "cert_serial", serial)
-	if ok, suppressed := s.quiet.allow("handshake:" + serial); ok {
+	if ok, suppressed := s.quiet.Allow("handshake:"+serial, time.Now()); ok {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		s.record(ctx, audit.Entry{Actor: actor, Action: ActionHandshake, Target: targetOf(actor), Outcome: audit.Denied,

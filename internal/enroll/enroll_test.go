@@ -493,17 +493,6 @@ func TestRateLimit(t *testing.T) {
 	})
 }
 
-func TestIPLimiterBounded(t *testing.T) {
-	l := newIPLimiter(1, 1, 100, time.Minute)
-	now := time.Now()
-	for i := range 1000 {
-		l.allow(fmt.Sprintf("10.0.%d.%d", i/256, i%256), now)
-	}
-	if len(l.m) > 100 {
-		t.Errorf("limiter holds %d entries, bound 100", len(l.m))
-	}
-}
-
 func TestStatusMapping(t *testing.T) {
 	for _, tc := range []struct {
 		err  error

@@ -88,6 +88,7 @@ import (
 	"github.com/wardhq/ward/internal/bus"
 	"github.com/wardhq/ward/internal/fleet"
 	"github.com/wardhq/ward/internal/pki"
+	"github.com/wardhq/ward/internal/ratelimit"
 	"github.com/wardhq/ward/internal/store"
 	"github.com/wardhq/ward/protocol"
 )
@@ -126,9 +127,9 @@ type Gateway struct {
 	ownHist bool
 	tlsCfg  *tls.Config
 
-	devLim, srcLim *keyedLimiter
-	quiet          *throttle // audit and history rows of floods
-	vquiet         *throttle // violation events
+	devLim, srcLim *ratelimit.Keyed
+	quiet          *ratelimit.Throttle // audit and history rows of floods
+	vquiet         *ratelimit.Throttle // violation events
 
 	mu       sync.Mutex
 	byConn   map[net.Conn]*session
@@ -149,8 +150,8 @@ func New(cfg Config) (*Gateway, error) {
 		lim:      cfg.Limits.withDefaults(),
 		log:      cfg.Logger,
 		now:      cfg.Now,
-		quiet:    newThrottle(time.Minute, 16384),
-		vquiet:   newThrottle(time.Second, 16384),
+		quiet:    ratelimit.NewThrottle(time.Minute, 16384),
+		vquiet:   ratelimit.NewThrottle(time.Second, 16384),
 		byConn:   map[net.Conn]*session{},
 		byDevice: map[string]map[*session]struct{}{},
 	}
@@ -165,8 +166,8 @@ func New(cfg Config) (*Gateway, error) {
 		g.hist = NewHistory(HistoryConfig{Store: cfg.Store, Retention: cfg.HistoryRetention, Logger: g.log, Now: g.now})
 		g.ownHist = true
 	}
-	g.devLim = newKeyedLimiter(g.lim.ConnectRatePerDevice, g.lim.ConnectBurstPerDevice, 1<<17, 10*time.Minute)
-	g.srcLim = newKeyedLimiter(g.lim.ConnectRatePerSource, g.lim.ConnectBurstPerSource, 1<<16, 10*time.Minute)
+	g.devLim = ratelimit.NewKeyed(g.lim.ConnectRatePerDevice, g.lim.ConnectBurstPerDevice, 1<<17, 10*time.Minute)
+	g.srcLim = ratelimit.NewKeyed(g.lim.ConnectRatePerSource, g.lim.ConnectBurstPerSource, 1<<16, 10*time.Minute)
 	g.tlsCfg = &tls.Config{
 		MinVersion:       tls.VersionTLS13,
 		MaxVersion:       tls.VersionTLS13,
@@ -503,7 +504,7 @@ func (g *Gateway) violation(device, source, kind, detail string) {
 	if key == "" {
 		key = "src:" + source
 	}
-	ok, suppressed := g.vquiet.allow(key+"|"+kind, g.now())
+	ok, suppressed := g.vquiet.Allow(key+"|"+kind, g.now())
 	if !ok {
 		return
 	}
@@ -531,7 +532,7 @@ func (g *Gateway) refuse(r refusal) {
 	if key == "" {
 		key = "src:" + hostOf(r.conn.RemoteAddr)
 	}
-	ok, suppressed := g.quiet.allow(key+"|"+r.reason+"|"+r.detail, now)
+	ok, suppressed := g.quiet.Allow(key+"|"+r.reason+"|"+r.detail, now)
 	detail := r.detail
 	if suppressed > 0 {
 		detail = fmt.Sprintf("%s (and %d more like it in the last minute)", detail, suppressed)

@@ -86,7 +86,7 @@ func (l *listener) Serve(establish listeners.EstablishFn) {
 			l.g.refuse(refusal{conn: Connection{RemoteAddr: remote}, reason: ReasonServerBusy, detail: "too many connections on this node", flood: true})
 			continue
 		}
-		if !l.g.srcLim.allow(hostOf(remote), l.g.now()) {
+		if !l.g.srcLim.Allow(hostOf(remote), l.g.now()) {
 			c.Close()
 			l.g.violation("", hostOf(remote), ViolationConnectSource, "connection attempts from "+hostOf(remote))
 			l.g.refuse(refusal{conn: Connection{RemoteAddr: remote}, reason: ReasonRateLimit, detail: "too many connection attempts from this address", flood: true})
@@ -187,7 +187,7 @@ func (l *listener) serveConn(c net.Conn, establish listeners.EstablishFn) {
 		tlsVersion: tlsVersionName(cs.Version),
 		cipher:     tls.CipherSuiteName(cs.CipherSuite),
 	}
-	if !g.devLim.allow(id, g.now()) {
+	if !g.devLim.Allow(id, g.now()) {
 		g.violation(id, hostOf(remote), ViolationConnectDevice, "connection attempts")
 		g.refuse(refusal{conn: s.row(), reason: ReasonRateLimit, detail: "too many connection attempts by this device", flood: true})
 		return

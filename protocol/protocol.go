@@ -113,11 +113,10 @@ func CheckPayload(b []byte) error {
 	if t := bytes.TrimLeft(b, " \t\r\n"); len(t) == 0 || t[0] != '{' {
 		return fmt.Errorf("%w: not a JSON object", ErrBadPayload)
 	}
-	// Only "v" is decoded (the last one, if repeated, as encoding/json does).
-	var env struct {
-		V json.RawMessage `json:"v"`
-	}
-	if err := json.Unmarshal(b, &env); err != nil || string(env.V) != "1" {
+	// The object's keys are matched exactly: encoding/json matches struct
+	// fields case-insensitively, which would take "V" for "v".
+	var obj map[string]json.RawMessage
+	if err := json.Unmarshal(b, &obj); err != nil || string(obj["v"]) != "1" {
 		return fmt.Errorf("%w: \"v\" must be 1", ErrBadPayload)
 	}
 	return nil

@@ -49,6 +49,7 @@ func TestCheckPayload(t *testing.T) {
 		{` { "v" : 1 , "a" : [1, {"v": 2}] } `, true},
 		{`{"v":1.0}`, false},
 		{`{"v":2,"v":1}`, true},
+		{`{"V":1}`, false},
 		{`{"v":1}]`, false},
 		{"{\"v\":1}  \n", true},
 		{`{"v":"1"}`, false},
@@ -81,6 +82,7 @@ func FuzzCheckPayload(f *testing.F) {
 	f.Add([]byte(`{"v":1,"mode":"idle"}`))
 	f.Add([]byte(`{"v":1}{}`))
 	f.Add([]byte(`{"v":1}}`))
+	f.Add([]byte(`{"V":1}`))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		if CheckPayload(b) != nil {
 			return

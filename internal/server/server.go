@@ -443,6 +443,18 @@ func (s *Server) Run(ctx context.Context) error {
 			s.log.Error("audit checkpoint", "err", err)
 		}
 	}()
+	// The connection history is the server's (the API reads it) and
+	// written by its own task, whose context ends only after the gateway
+	// recorded how its last sessions ended.
+	histCtx, histStop := context.WithCancel(context.Background())
+	histDone := make(chan error, 1)
+	go func() { histDone <- s.history.Run(histCtx) }()
+	defer func() {
+		histStop()
+		if err := <-histDone; err != nil {
+			s.log.Error("connection history", "err", err)
+		}
+	}()
 	g.Go(func() error { return s.gateway.Run(gctx) })
 	g.Go(func() error { return s.ingest.Run(gctx) })
 	g.Go(func() error { return s.commands.Run(gctx) })

@@ -24,7 +24,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"regexp"
 	"strings"
 	"unicode/utf8"
 )
@@ -59,10 +58,19 @@ func (k Kind) Publishable() bool {
 	return false
 }
 
-var idRE = regexp.MustCompile(`^[a-z2-7]{26}$`)
-
-// ValidDeviceID reports whether id has the shape of a Ward device id.
-func ValidDeviceID(id string) bool { return idRE.MatchString(id) }
+// ValidDeviceID reports whether id has the shape of a Ward device id: 26
+// characters of the lowercase base32 alphabet (a–z, 2–7).
+func ValidDeviceID(id string) bool {
+	if len(id) != 26 {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		if c := id[i]; (c < 'a' || c > 'z') && (c < '2' || c > '7') {
+			return false
+		}
+	}
+	return true
+}
 
 // Topic returns the topic of kind k for device id.
 func Topic(id string, k Kind) string { return TopicPrefix + id + "/" + string(k) }
@@ -110,16 +118,97 @@ func CheckPayload(b []byte) error {
 	if !json.Valid(b) {
 		return fmt.Errorf("%w: not a JSON object, or data after it", ErrBadPayload)
 	}
-	if t := bytes.TrimLeft(b, " \t\r\n"); len(t) == 0 || t[0] != '{' {
+	t := bytes.TrimLeft(b, " \t\r\n")
+	if len(t) == 0 || t[0] != '{' {
 		return fmt.Errorf("%w: not a JSON object", ErrBadPayload)
 	}
 	// The object's keys are matched exactly: encoding/json matches struct
 	// fields case-insensitively, which would take "V" for "v".
-	var obj map[string]json.RawMessage
-	if err := json.Unmarshal(b, &obj); err != nil || string(obj["v"]) != "1" {
+	if v, ok := topLevelMember(t, "v"); !ok || string(v) != "1" {
 		return fmt.Errorf("%w: \"v\" must be 1", ErrBadPayload)
 	}
 	return nil
+}
+
+// topLevelMember returns the raw value of the last member named key of
+// the JSON object b, which must be valid JSON (json.Valid), as decoding
+// it into a map would keep it. It allocates nothing: it runs for every
+// message a device publishes. A key written with escapes is unescaped
+// with encoding/json before it is compared.
+func topLevelMember(b []byte, key string) (raw []byte, found bool) {
+	i := skipSpace(b, 1) // after '{'
+	for i < len(b) && b[i] != '}' {
+		// Key.
+		end := skipString(b, i)
+		k := b[i+1 : end-1]
+		match := string(k) == key
+		if !match && bytes.IndexByte(k, '\\') >= 0 {
+			var u string
+			match = json.Unmarshal(b[i:end], &u) == nil && u == key
+		}
+		i = skipSpace(b, end)
+		i = skipSpace(b, i+1) // ':'
+		// Value.
+		end = skipValue(b, i)
+		if match {
+			raw, found = b[i:end], true
+		}
+		i = skipSpace(b, end)
+		if i < len(b) && b[i] == ',' {
+			i = skipSpace(b, i+1)
+		}
+	}
+	return raw, found
+}
+
+func skipSpace(b []byte, i int) int {
+	for i < len(b) && (b[i] == ' ' || b[i] == '\t' || b[i] == '\r' || b[i] == '\n') {
+		i++
+	}
+	return i
+}
+
+// skipString returns the index after the string that starts at b[i].
+func skipString(b []byte, i int) int {
+	for i++; i < len(b); i++ {
+		switch b[i] {
+		case '\\':
+			i++
+		case '"':
+			return i + 1
+		}
+	}
+	return len(b)
+}
+
+// skipValue returns the index after the value that starts at b[i].
+func skipValue(b []byte, i int) int {
+	if i >= len(b) {
+		return i
+	}
+	switch b[i] {
+	case '"':
+		return skipString(b, i)
+	case '{', '[':
+		depth := 0
+		for ; i < len(b); i++ {
+			switch b[i] {
+			case '"':
+				i = skipString(b, i) - 1
+			case '{', '[':
+				depth++
+			case '}', ']':
+				if depth--; depth == 0 {
+					return i + 1
+				}
+			}
+		}
+		return len(b)
+	}
+	for i < len(b) && b[i] != ',' && b[i] != '}' && b[i] != ']' && b[i] != ' ' && b[i] != '\t' && b[i] != '\r' && b[i] != '\n' {
+		i++
+	}
+	return i
 }
 
 // StatePayload is what a device reports on its state topic.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"strings"
 	"testing"
+	"unicode/utf8"
 )
 
 const dev = "abcdefghijklmnopqrstuvwxyz"
@@ -83,14 +84,20 @@ func FuzzCheckPayload(f *testing.F) {
 	f.Add([]byte(`{"v":1}{}`))
 	f.Add([]byte(`{"v":1}}`))
 	f.Add([]byte(`{"V":1}`))
+	f.Add([]byte(`{"v":2,"x":{"v":1},"v":1}`))
+	f.Add([]byte(`{"v":1,"v":2}`))
+	f.Add([]byte(`{"\u0076":1}`))
+	f.Add([]byte(` { "a" : [1,"}",{"v":1}] , "v" : 1 } `))
+	f.Add([]byte(`{"v":1.0}`))
+	f.Add([]byte(`[{"v":1}]`))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		if CheckPayload(b) != nil {
-			return
-		}
-		// Whatever is accepted is exactly one valid JSON object with v 1.
-		var obj map[string]any
-		if !json.Valid(b) || json.Unmarshal(b, &obj) != nil || obj["v"] != float64(1) {
-			t.Fatalf("accepted %q", b)
+		err := CheckPayload(b)
+		// The oracle: what decoding into a map keeps.
+		var obj map[string]json.RawMessage
+		want := len(b) <= MaxPayload && utf8.Valid(b) && json.Valid(b) &&
+			json.Unmarshal(b, &obj) == nil && obj != nil && string(obj["v"]) == "1"
+		if (err == nil) != want {
+			t.Fatalf("CheckPayload(%q) = %v, the map decoding says %v", b, err, want)
 		}
 	})
 }

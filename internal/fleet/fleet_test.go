@@ -7,6 +7,7 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
+	"encoding/json"
 	"errors"
 	"path/filepath"
 	"testing"
@@ -294,6 +295,39 @@ func TestManufacturers(t *testing.T) {
 		old, _, _ := pki.MintBirthCertificate(pki.BirthConfig{CA: caCert, CAKey: caKey, Serial: "SN2", NotBefore: time.Now().Add(-48 * time.Hour), NotAfter: time.Now().Add(-time.Hour)})
 		if _, err := f.reg.AttestBirthCertificate(ctx, old, nil); !errors.Is(err, fleet.ErrUntrusted) {
 			t.Fatal("expired birth certificate attested")
+		}
+	})
+}
+
+func TestRecordStatesMovesForwardOnly(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, st *store.Store) {
+		ctx := context.Background()
+		f := newFixture(t, st)
+		f.addManufacturer(t, "Acme Medical")
+		a, err := f.reg.Preregister(ctx, "token:t", fleet.Preregistration{Serial: "PUMP-0001", Manufacturer: "Acme Medical", Model: "LVP 3000"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := f.reg.Preregister(ctx, "token:t", fleet.Preregistration{Serial: "PUMP-0002", Manufacturer: "Acme Medical", Model: "LVP 3000"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t0 := time.Date(2026, 11, 21, 12, 0, 0, 0, time.UTC)
+		err = f.reg.RecordStates(ctx, []fleet.StateReport{
+			{DeviceID: a.ID, State: json.RawMessage(`{"v":1,"mode":"infusing"}`), At: t0.Add(2 * time.Second)},
+			{DeviceID: a.ID, State: json.RawMessage(`{"v":1,"mode":"idle"}`), At: t0}, // older: ignored
+			{DeviceID: b.ID, State: json.RawMessage(`not json`), At: t0},              // skipped
+			{DeviceID: b.ID, State: json.RawMessage(`{"v":1,"mode":"paused"}`), At: t0.Add(time.Second)},
+			{DeviceID: "unknown", State: json.RawMessage(`{"v":1}`), At: t0},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for id, want := range map[string]string{a.ID: `{"v":1,"mode":"infusing"}`, b.ID: `{"v":1,"mode":"paused"}`} {
+			got, _, err := f.reg.LastState(ctx, id)
+			if err != nil || string(got) != want {
+				t.Errorf("%s: last state %s (%v), want %s", id, got, err, want)
+			}
 		}
 	})
 }

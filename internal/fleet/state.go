@@ -7,28 +7,42 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/wardhq/ward/internal/store"
 )
 
 // Last known state and last contact are telemetry, not decisions: they are
 // written with plain UPDATEs, outside any audited transaction, by the
-// gateway's durable bus consumer (never in a device's publish path). Both
+// gateway (never in a device's publish path): states in batches from its
+// durable bus consumer, last-seen times from memory. Both
 // only move forward in time, so a message redelivered late by the bus never
 // overwrites a newer one.
 
-// RecordState stores state as the device's last known state, reported at
-// at, unless a newer one is already recorded. An unknown device is not an
-// error: there is nothing to update.
-func (r *Registry) RecordState(ctx context.Context, deviceID string, state json.RawMessage, at time.Time) error {
-	if !json.Valid(state) {
-		return fmt.Errorf("%w: state is not JSON", ErrInvalid)
-	}
-	at = at.UTC()
-	_, err := r.st.ExecContext(ctx, `UPDATE devices SET last_state = ?, last_state_at = ?
-		WHERE id = ? AND (last_state_at IS NULL OR last_state_at <= ?)`, string(state), at, deviceID, at)
-	if err != nil {
-		return fmt.Errorf("fleet: record state of %s: %w", deviceID, err)
-	}
-	return nil
+// StateReport is a device's state as it reported it at At.
+type StateReport struct {
+	DeviceID string
+	State    json.RawMessage
+	At       time.Time
+}
+
+// RecordStates stores each report's state as its device's last known
+// state, unless a newer one is already recorded, all in one transaction
+// (one flushed commit for the batch). A report whose state is not JSON is
+// skipped; an unknown device is not an error: there is nothing to update.
+func (r *Registry) RecordStates(ctx context.Context, reports []StateReport) error {
+	return r.st.Tx(ctx, func(tx *store.Tx) error {
+		for _, s := range reports {
+			if !json.Valid(s.State) {
+				continue
+			}
+			at := s.At.UTC()
+			if _, err := tx.ExecContext(ctx, `UPDATE devices SET last_state = ?, last_state_at = ?
+		WHERE id = ? AND (last_state_at IS NULL OR last_state_at <= ?)`, string(s.State), at, s.DeviceID, at); err != nil {
+				return fmt.Errorf("fleet: record state of %s: %w", s.DeviceID, err)
+			}
+		}
+		return nil
+	})
 }
 
 // RecordSeen moves the device's last_seen_at forward to at.

@@ -131,7 +131,7 @@ type Gateway struct {
 	quiet          *ratelimit.Throttle // audit and history rows of floods
 	vquiet         *ratelimit.Throttle // violation events
 
-	mu       sync.Mutex
+	mu       sync.RWMutex // guards byConn and byDevice; read on every message
 	byConn   map[net.Conn]*session
 	byDevice map[string]map[*session]struct{}
 
@@ -210,8 +210,12 @@ func New(cfg Config) (*Gateway, error) {
 //     aliases, no shared subscriptions.
 //   - Sessions and messages expire after an hour at most (default: never
 //     and a day), so a device that vanishes does not hold memory for long.
-//   - 2 KiB read and write buffers (mochi's default, kept), $SYS every
-//     minute instead of every second (devices may not read it anyway).
+//   - A 512-byte read buffer (mochi's default 2 KiB): it only serves the
+//     fixed headers and small packets, the TLS connection under it already
+//     buffers a whole record, and every held connection keeps it. Writes
+//     keep mochi's 2 KiB threshold (its buffer is allocated only while
+//     writes queue up). $SYS every minute instead of every second
+//     (devices may not read it anyway).
 func newBroker(lim Limits, log *slog.Logger) *mqtt.Server {
 	caps := mqtt.NewDefaultServerCapabilities()
 	caps.MaximumClients = int64(lim.MaxConnections)
@@ -227,7 +231,7 @@ func newBroker(lim Limits, log *slog.Logger) *mqtt.Server {
 	caps.MinimumProtocolVersion = 4 // 3.1.1 and 5
 	return mqtt.New(&mqtt.Options{
 		Capabilities:             caps,
-		ClientNetReadBufferSize:  2048,
+		ClientNetReadBufferSize:  512,
 		ClientNetWriteBufferSize: 2048,
 		SysTopicResendInterval:   60,
 		InlineClient:             true,
@@ -450,8 +454,8 @@ func (g *Gateway) removeSession(s *session) {
 }
 
 func (g *Gateway) sessionsOf(deviceID string) []*session {
-	g.mu.Lock()
-	defer g.mu.Unlock()
+	g.mu.RLock()
+	defer g.mu.RUnlock()
 	out := make([]*session, 0, len(g.byDevice[deviceID]))
 	for s := range g.byDevice[deviceID] {
 		out = append(out, s)
@@ -463,8 +467,8 @@ func (g *Gateway) sessionOf(cl *mqtt.Client) *session {
 	if cl == nil || cl.Net.Conn == nil {
 		return nil
 	}
-	g.mu.Lock()
-	defer g.mu.Unlock()
+	g.mu.RLock()
+	defer g.mu.RUnlock()
 	return g.byConn[cl.Net.Conn]
 }
 

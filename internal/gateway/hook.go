@@ -2,9 +2,7 @@ package gateway
 
 import (
 	"bytes"
-	"context"
 	"errors"
-	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
@@ -82,15 +80,13 @@ func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	case fleet.Revoked, fleet.Decommissioned:
 		return h.deny(cl, s, packets.ErrBanned, ReasonRevoked, "device revoked")
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	d, err := g.cfg.Fleet.CheckAdmitted(ctx, s.deviceID, s.serial)
+	state, err := s.admitted, s.admitErr // looked up by the listener after the handshake
 	switch {
 	case err == nil:
-	case errors.Is(err, fleet.ErrState) && (g.cfg.Fleet.IsRevoked(s.serial) || d.State == fleet.Revoked || d.State == fleet.Decommissioned):
-		return h.deny(cl, s, packets.ErrBanned, ReasonRevoked, "device "+string(cmpOr(d.State, fleet.Revoked)))
+	case errors.Is(err, fleet.ErrState) && (g.cfg.Fleet.IsRevoked(s.serial) || state == fleet.Revoked || state == fleet.Decommissioned):
+		return h.deny(cl, s, packets.ErrBanned, ReasonRevoked, "device "+string(cmpOr(state, fleet.Revoked)))
 	case errors.Is(err, fleet.ErrState):
-		return h.deny(cl, s, packets.ErrNotAuthorized, ReasonRefusedAuth, "device is "+string(d.State))
+		return h.deny(cl, s, packets.ErrNotAuthorized, ReasonRefusedAuth, "device is "+string(state))
 	case errors.Is(err, fleet.ErrNotFound):
 		return h.deny(cl, s, packets.ErrNotAuthorized, ReasonRefusedAuth, "unknown device")
 	default:
@@ -106,7 +102,7 @@ func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	case fleet.Revoked, fleet.Decommissioned:
 		return h.deny(cl, s, packets.ErrBanned, ReasonRevoked, "device revoked")
 	default:
-		s.quarantined.Store(d.State == fleet.Quarantined)
+		s.quarantined.Store(state == fleet.Quarantined)
 	}
 	// A keepalive of 0 (never) or above maxKeepalive would let an idle
 	// connection hold a slot for ever: the server sets maxKeepalive (MQTT 5

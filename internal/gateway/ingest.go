@@ -57,12 +57,19 @@ package gateway
 //
 // # Registry
 //
-// Ingest.Run consumes the stream with the durable consumer "ward-registry"
-// and updates the registry, never in the publish path: a state message
-// becomes the device's last known state (fleet.Registry.RecordState), any
-// message moves last_seen_at forward at most once per SeenInterval per
-// device. It acks a message after the UPDATE, so a database outage delays
-// these columns and loses nothing.
+// The registry's last_seen_at and last known state are kept off the publish
+// path. last_seen_at comes from the gateway itself: every stored message
+// notes its device and time in memory, and Ingest.Run writes the latest
+// time of each device: within a second for a device's first message on the
+// node, then at most once per SeenInterval, and all pending ones when it
+// stops. A crash loses at most one interval of last-seen times, never a
+// message.
+// The last known state comes from the stream: Ingest.Run consumes the state
+// subjects only (ward.device.*.state) with the durable consumer
+// "ward-registry", shared by every node, and acks each message after its
+// batch's transaction commits (up to 256 states per transaction, written
+// within 200 ms), so a database outage delays the column and loses
+// nothing. Both columns only move forward in time.
 
 import (
 	"context"
@@ -73,6 +80,7 @@ import (
 	"log/slog"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 	"unicode/utf8"
@@ -87,7 +95,14 @@ import (
 	"github.com/wardhq/ward/protocol"
 )
 
-// Headers of a device message in the stream, besides Nats-Msg-Id.
+// Values of the headers that take few values, shared by every message.
+var (
+	qosValues   = [2][]string{{"0"}, {"1"}}
+	retainValue = []string{"true"}
+)
+
+// Headers of a device message in the stream, besides Nats-Msg-Id, in
+// canonical MIME form.
 const (
 	HeaderDevice     = "Ward-Device"      // device id
 	HeaderNode       = "Ward-Node"        // node that received it
@@ -128,7 +143,8 @@ type IngestConfig struct {
 	// StoreTimeout bounds the wait for the stream's ack (default 5 s);
 	// the device waits as long for its PUBACK.
 	StoreTimeout time.Duration
-	// SeenInterval coalesces last_seen_at updates (default 1 minute).
+	// SeenInterval is how often the devices' last_seen_at are written
+	// (default 1 minute): at most one UPDATE per device per interval.
 	SeenInterval time.Duration
 	Logger       *slog.Logger
 	Now          func() time.Time
@@ -149,12 +165,19 @@ type IngestStats struct {
 // gateway with AddHook before Run.
 type Ingest struct {
 	mqtt.HookBase
-	js  jetstream.JetStream
-	cfg IngestConfig
-	log *slog.Logger
+	js   jetstream.JetStream
+	cfg  IngestConfig
+	node []string // the Ward-Node header's value
+	log  *slog.Logger
 
 	stored, duplicates, invalid, unauthorized, failed, states atomic.Uint64
-	seen                                                      ingestSeen // used by Run only
+
+	seenMu sync.Mutex
+	seen   map[string]time.Time // device → its latest stored message since the last flush
+
+	statesMu      sync.Mutex
+	pendingStates []pendingState // consumed, not yet written
+	flushMu       sync.Mutex     // serialises flushStates
 }
 
 // NewIngest creates or updates the device stream and returns the hook.
@@ -186,7 +209,7 @@ func NewIngest(ctx context.Context, cfg IngestConfig) (*Ingest, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	in := &Ingest{js: cfg.JetStream, cfg: cfg, log: cfg.Logger}
+	in := &Ingest{js: cfg.JetStream, cfg: cfg, log: cfg.Logger, node: []string{cfg.Node}, seen: map[string]time.Time{}}
 	if in.log == nil {
 		in.log = slog.New(slog.DiscardHandler)
 	}
@@ -280,7 +303,8 @@ func (in *Ingest) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet,
 		in.log.Info("device payload refused", "device", id, "kind", kind, "bytes", len(pk.Payload), "err", err)
 		return pk, ingestRefusal(cl, pk, packets.Code{Code: packets.ErrPayloadFormatInvalid.Code, Reason: err.Error()})
 	}
-	dup, err := in.store(cl, pk, id, kind)
+	at := in.cfg.Now().UTC()
+	dup, err := in.store(pk, id, kind, at)
 	if err != nil {
 		in.failed.Add(1)
 		in.log.Error("device message not stored", "device", id, "kind", kind, "qos", pk.FixedHeader.Qos, "err", err)
@@ -300,6 +324,13 @@ func (in *Ingest) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet,
 	} else {
 		in.stored.Add(1)
 	}
+	if in.cfg.Registry != nil {
+		in.seenMu.Lock()
+		if last, ok := in.seen[id]; !ok || at.After(last) {
+			in.seen[id] = at
+		}
+		in.seenMu.Unlock()
+	}
 	return pk, nil
 }
 
@@ -307,53 +338,73 @@ var errIngestNotStored = errors.New("gateway: message not stored")
 
 // store publishes the message to the stream and waits for its ack. It
 // reports whether the stream already had it.
-func (in *Ingest) store(cl *mqtt.Client, pk packets.Packet, id string, kind protocol.Kind) (duplicate bool, err error) {
-	now := in.cfg.Now().UTC()
-	msg := &nats.Msg{Subject: DeviceSubject(id, kind), Data: pk.Payload, Header: nats.Header{}}
-	msg.Header.Set(HeaderDevice, id)
-	msg.Header.Set(HeaderNode, in.cfg.Node)
-	msg.Header.Set(HeaderReceivedAt, now.Format(time.RFC3339Nano))
-	msg.Header.Set(HeaderQoS, strconv.Itoa(int(pk.FixedHeader.Qos)))
+func (in *Ingest) store(pk packets.Packet, id string, kind protocol.Kind, now time.Time) (duplicate bool, err error) {
+	// The header map is built with its keys already in canonical form
+	// (nats.Header.Set would canonicalise each one, for every message).
+	h := make(nats.Header, 6)
+	h[HeaderDevice] = []string{id}
+	h[HeaderNode] = in.node
+	h[HeaderReceivedAt] = []string{now.Format(time.RFC3339Nano)}
+	h[HeaderQoS] = qosValues[min(pk.FixedHeader.Qos, 1)]
 	if pk.FixedHeader.Retain {
-		msg.Header.Set(HeaderRetain, "true")
+		h[HeaderRetain] = retainValue
 	}
 	msgID := ""
 	if pk.FixedHeader.Qos > 0 {
 		msgID = MsgID(id, pk.PacketID, pk.Payload)
-		msg.Header.Set(jetstream.MsgIDHeader, msgID)
+		h[jetstream.MsgIDHeader] = []string{msgID}
 	}
+	msg := &nats.Msg{Subject: DeviceSubject(id, kind), Data: pk.Payload, Header: h}
 	ctx, cancel := context.WithTimeout(context.Background(), in.cfg.StoreTimeout)
 	defer cancel()
-	ack, err := in.js.PublishMsg(ctx, msg, jetstream.WithExpectStream(bus.StreamDevice))
+	// No Nats-Expected-Stream header: the ack names the stream that
+	// stored the message, and that is checked instead, for free.
+	ack, err := in.js.PublishMsg(ctx, msg)
+	if err == nil && ack.Stream != bus.StreamDevice {
+		err = fmt.Errorf("stored in stream %q, not %s", ack.Stream, bus.StreamDevice)
+	}
 	if err != nil {
 		return false, err
 	}
 	if ack.Duplicate && !pk.FixedHeader.Dup {
 		// A new message that reuses a packet id for the same bytes within
 		// the window: not a redelivery, store it under a unique id.
-		msg.Header.Set(jetstream.MsgIDHeader, msgID+"-"+strconv.FormatInt(now.UnixNano(), 36))
-		if ack, err = in.js.PublishMsg(ctx, msg, jetstream.WithExpectStream(bus.StreamDevice)); err != nil {
+		h[jetstream.MsgIDHeader] = []string{msgID + "-" + strconv.FormatInt(now.UnixNano(), 36)}
+		if ack, err = in.js.PublishMsg(ctx, msg); err != nil {
 			return false, err
 		}
 	}
 	return ack.Duplicate, nil
 }
 
-// Run keeps the registry's last known state and last seen from the stream
-// until ctx ends. Several nodes share the durable consumer.
+// Run keeps the registry's last seen and last known state until ctx ends.
+// Several nodes share the durable consumer.
 func (in *Ingest) Run(ctx context.Context) error {
 	if in.cfg.Registry == nil {
 		return nil
 	}
-	cons, err := in.js.CreateOrUpdateConsumer(ctx, bus.StreamDevice, jetstream.ConsumerConfig{
+	var flushers sync.WaitGroup
+	flushers.Go(func() { in.flushSeenEvery(ctx) })
+	flushers.Go(func() { in.flushStatesEvery(ctx) })
+	defer flushers.Wait()
+	cfg := jetstream.ConsumerConfig{
 		Durable:       ConsumerRegistry,
-		Description:   "Ward: last known state and last seen of devices",
-		FilterSubject: bus.SubjectDevicePrefix + ">",
+		Description:   "Ward: last known state of devices",
+		FilterSubject: bus.SubjectDevicePrefix + "*." + string(protocol.State),
 		DeliverPolicy: jetstream.DeliverAllPolicy,
 		AckPolicy:     jetstream.AckExplicitPolicy,
 		AckWait:       30 * time.Second,
 		MaxAckPending: 4096,
-	})
+	}
+	cons, err := in.js.CreateOrUpdateConsumer(ctx, bus.StreamDevice, cfg)
+	if err != nil && ctx.Err() == nil {
+		// A consumer of an earlier version that the server will not
+		// update in place: start it again. It redelivers the retained
+		// states, which cannot move the columns backwards.
+		in.log.Warn("registry consumer not updated, creating it again", "err", err)
+		_ = in.js.DeleteConsumer(ctx, bus.StreamDevice, ConsumerRegistry)
+		cons, err = in.js.CreateOrUpdateConsumer(ctx, bus.StreamDevice, cfg)
+	}
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil
@@ -361,6 +412,61 @@ func (in *Ingest) Run(ctx context.Context) error {
 		return fmt.Errorf("gateway: registry consumer: %w", err)
 	}
 	return consumeStream(ctx, cons, in.log, in.record)
+}
+
+// flushSeenEvery writes the devices' last-seen times until ctx ends, and
+// all that are pending once more then. A device's first message since the
+// node started is written within a second; later ones at most once per
+// SeenInterval.
+func (in *Ingest) flushSeenEvery(ctx context.Context) {
+	written := map[string]time.Time{} // device → last time written by this node
+	t := time.NewTicker(min(time.Second, in.cfg.SeenInterval))
+	defer t.Stop()
+	for {
+		select {
+		case <-t.C:
+			in.flushSeen(ctx, written, false)
+		case <-ctx.Done():
+			fctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			in.flushSeen(fctx, written, true)
+			cancel()
+			return
+		}
+	}
+}
+
+func (in *Ingest) flushSeen(ctx context.Context, written map[string]time.Time, all bool) {
+	in.seenMu.Lock()
+	batch := in.seen
+	if len(batch) == 0 {
+		in.seenMu.Unlock()
+		return
+	}
+	in.seen = make(map[string]time.Time, len(batch))
+	in.seenMu.Unlock()
+	keep := map[string]time.Time{}
+	for id, at := range batch {
+		if last, ok := written[id]; ok && !all && at.Sub(last) < in.cfg.SeenInterval {
+			keep[id] = at // written recently: wait for the interval
+			continue
+		}
+		if err := in.cfg.Registry.RecordSeen(ctx, id, at); err != nil {
+			in.log.Warn("last seen not recorded", "device", id, "err", err)
+			keep[id] = at
+			continue
+		}
+		written[id] = at
+	}
+	if len(keep) == 0 {
+		return
+	}
+	in.seenMu.Lock()
+	for id, at := range keep {
+		if cur, ok := in.seen[id]; !ok || at.After(cur) {
+			in.seen[id] = at
+		}
+	}
+	in.seenMu.Unlock()
 }
 
 // consume hands every message of cons to handle until ctx ends. handle
@@ -393,35 +499,77 @@ func consumeStream(ctx context.Context, cons jetstream.Consumer, log *slog.Logge
 	return nil
 }
 
-// seen holds, per device, the last last_seen_at written, to coalesce.
-type ingestSeen map[string]time.Time
-
+// record queues a state message; flushStates writes the queue. A full
+// batch is written at once, the rest within stateFlushEvery.
 func (in *Ingest) record(ctx context.Context, m jetstream.Msg) {
 	id, kind, ok := ParseDeviceSubject(m.Subject())
-	if !ok {
+	if !ok || kind != protocol.State {
 		m.Term()
 		return
 	}
-	at := ingestReceivedAt(m)
-	if in.seen == nil {
-		in.seen = ingestSeen{}
+	in.statesMu.Lock()
+	in.pendingStates = append(in.pendingStates, pendingState{msg: m, report: fleet.StateReport{DeviceID: id, State: m.Data(), At: ingestReceivedAt(m)}})
+	full := len(in.pendingStates) >= stateBatch
+	in.statesMu.Unlock()
+	if full {
+		in.flushStates(ctx)
 	}
-	if last, ok := in.seen[id]; !ok || at.Sub(last) >= in.cfg.SeenInterval {
-		if err := in.cfg.Registry.RecordSeen(ctx, id, at); err != nil {
-			in.log.Warn("last seen not recorded", "device", id, "err", err)
-		} else {
-			in.seen[id] = at
+}
+
+// State messages are written to the registry in batches of at most
+// stateBatch, at least every stateFlushEvery.
+const (
+	stateBatch      = 256
+	stateFlushEvery = 200 * time.Millisecond
+)
+
+// pendingState is a state message waiting for its batch.
+type pendingState struct {
+	msg    jetstream.Msg
+	report fleet.StateReport
+}
+
+// flushStatesEvery writes queued states until ctx ends.
+func (in *Ingest) flushStatesEvery(ctx context.Context) {
+	t := time.NewTicker(stateFlushEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-t.C:
+			in.flushStates(ctx)
+		case <-ctx.Done():
+			return // unacked messages are redelivered to the next consumer
 		}
 	}
-	if kind == protocol.State {
-		if err := in.cfg.Registry.RecordState(ctx, id, m.Data(), at); err != nil {
-			in.log.Warn("last state not recorded, retrying", "device", id, "err", err)
-			m.NakWithDelay(5 * time.Second)
-			return
-		}
-		in.states.Add(1)
+}
+
+// flushStates writes the queued states in one transaction and acks their
+// messages, or naks them all to be redelivered.
+func (in *Ingest) flushStates(ctx context.Context) {
+	in.flushMu.Lock() // one batch at a time, in order
+	defer in.flushMu.Unlock()
+	in.statesMu.Lock()
+	batch := in.pendingStates
+	in.pendingStates = nil
+	in.statesMu.Unlock()
+	if len(batch) == 0 {
+		return
 	}
-	m.Ack()
+	reports := make([]fleet.StateReport, len(batch))
+	for i, p := range batch {
+		reports[i] = p.report
+	}
+	if err := in.cfg.Registry.RecordStates(ctx, reports); err != nil {
+		in.log.Warn("last states not recorded, retrying", "states", len(batch), "err", err)
+		for _, p := range batch {
+			_ = p.msg.NakWithDelay(5 * time.Second)
+		}
+		return
+	}
+	for _, p := range batch {
+		_ = p.msg.Ack()
+	}
+	in.states.Add(uint64(len(batch)))
 }
 
 // receivedAt is when the gateway received the message, or when the stream

@@ -96,8 +96,23 @@ func (l *listener) Serve(establish listeners.EstablishFn) {
 		l.wg.Add(1)
 		go func() {
 			defer l.wg.Done()
-			defer l.active.Add(-1)
-			l.serveConn(c, establish)
+			s := l.admit(c)
+			if s == nil {
+				l.active.Add(-1)
+				return
+			}
+			// The session runs on a goroutine of its own, which starts
+			// with a small stack: the handshake's deep frames (certificate
+			// verification, ECDSA, the registry lookup) grew this one's,
+			// and a goroutine keeps a grown stack until a garbage
+			// collection finds it mostly unused. An idle device would
+			// otherwise hold 16–32 KiB of stack for hours.
+			l.wg.Add(1)
+			go func() {
+				defer l.wg.Done()
+				defer l.active.Add(-1)
+				l.serve(s, establish)
+			}()
 		}()
 	}
 }
@@ -155,15 +170,18 @@ func tlsVersionName(v uint16) string {
 	return fmt.Sprintf("0x%04x", v)
 }
 
-func (l *listener) serveConn(c net.Conn, establish listeners.EstablishFn) {
+// admit runs the TLS handshake, the device's connection rate and the
+// registry lookup. It returns the session to serve, or nil when the
+// connection was refused (and closed, and recorded).
+func (l *listener) admit(c net.Conn) *session {
 	g := l.g
 	remote := c.RemoteAddr().String()
 	tc := tls.Server(c, g.tlsCfg)
-	defer tc.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), g.lim.HandshakeTimeout)
 	err := tc.HandshakeContext(ctx)
 	cancel()
 	if err != nil {
+		tc.Close()
 		var he *handshakeError
 		switch {
 		case errors.As(err, &he):
@@ -174,7 +192,7 @@ func (l *listener) serveConn(c net.Conn, establish listeners.EstablishFn) {
 		default:
 			g.refuse(refusal{conn: Connection{RemoteAddr: remote}, reason: ReasonProtocolError, detail: "TLS handshake failed: " + handshakeFailure(err), flood: true})
 		}
-		return
+		return nil
 	}
 	cs := tc.ConnectionState()
 	leaf := cs.PeerCertificates[0]
@@ -188,19 +206,35 @@ func (l *listener) serveConn(c net.Conn, establish listeners.EstablishFn) {
 		cipher:     tls.CipherSuiteName(cs.CipherSuite),
 	}
 	if !g.devLim.Allow(id, g.now()) {
+		tc.Close()
 		g.violation(id, hostOf(remote), ViolationConnectDevice, "connection attempts")
 		g.refuse(refusal{conn: s.row(), reason: ReasonRateLimit, detail: "too many connection attempts by this device", flood: true})
-		return
+		return nil
 	}
+	// Registered before the lookup, so that an order for the device that
+	// arrives during it reaches the session (OnConnect prefers it).
 	g.addSession(s)
+	// The registry's answer is kept for OnConnect, which sends the
+	// refusal, if any, as a CONNACK: the device learns why.
+	lctx, lcancel := context.WithTimeout(context.Background(), 10*time.Second)
+	d, err := g.cfg.Fleet.CheckAdmitted(lctx, s.deviceID, s.serial)
+	lcancel()
+	s.admitted, s.admitErr = d.State, err
+	return s
+}
+
+// serve hands an admitted connection to mochi and records how it ended.
+func (l *listener) serve(s *session, establish listeners.EstablishFn) {
+	g := l.g
+	defer s.conn.Close()
 	defer g.removeSession(s)
 	if l.end.Load() {
 		return
 	}
 	// CONNECT must come within the handshake timeout; mochi then keeps
 	// the deadline at 1.5 × keepalive.
-	_ = tc.SetDeadline(g.now().Add(g.lim.HandshakeTimeout))
-	err = establish(listenerID, tc)
+	_ = s.conn.SetDeadline(g.now().Add(g.lim.HandshakeTimeout))
+	err := establish(listenerID, s.conn)
 	g.finish(s, err)
 }
 

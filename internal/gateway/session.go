@@ -31,6 +31,10 @@ type session struct {
 	tlsVersion string
 	cipher     string
 
+	// The registry's answer for the device, looked up after the handshake.
+	admitted fleet.State
+	admitErr error
+
 	phase       atomic.Int32
 	quarantined atomic.Bool
 	refusals    atomic.Int64

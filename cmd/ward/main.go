@@ -66,6 +66,8 @@ func newRootCmd() *cobra.Command {
 		newTokenCmd(g),
 		newUserCmd(g),
 		newApprovalCmd(g),
+		newSimCmd(g),
+		newDemoCmd(g),
 		newVersionCmd(),
 	)
 	return root

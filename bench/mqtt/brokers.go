@@ -127,6 +127,12 @@ func startWard(ctx context.Context, bin, cache string) (*wardNode, error) {
 	if err := os.MkdirAll(data, 0o700); err != nil {
 		return nil, err
 	}
+	// The registry and CA are kept (the enrolled devices stay valid), the
+	// bus is not: messages stored by earlier runs would make the node
+	// load and consume them while it is being measured.
+	if err := os.RemoveAll(filepath.Join(data, "bus")); err != nil {
+		return nil, err
+	}
 	conf := filepath.Join(cache, "ward.yaml")
 	if err := os.WriteFile(conf, []byte(wardConfig), 0o600); err != nil {
 		return nil, err

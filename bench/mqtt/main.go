@@ -46,7 +46,7 @@ type options struct {
 	mosquitto        string
 
 	devices, procs, sourcesPerProc, holdWorkers int
-	settle, idle                                time.Duration
+	settle, idle, steady                        time.Duration
 
 	connectDuration time.Duration
 	connectWorkers  int
@@ -69,6 +69,7 @@ func main() {
 	flag.IntVar(&o.holdWorkers, "hold-workers", 64, "hold: concurrent connection attempts, over all processes")
 	flag.DurationVar(&o.settle, "settle", 5*time.Second, "hold: wait after the last connection before reading memory")
 	flag.DurationVar(&o.idle, "idle", 10*time.Second, "hold: window over which idle CPU is measured")
+	flag.DurationVar(&o.steady, "steady", 150*time.Second, "hold: keep holding this much longer and read memory again (0: skip); Go's runtime collects at least every 2 minutes")
 	flag.DurationVar(&o.connectDuration, "connect-duration", 20*time.Second, "connect: how long to open connections")
 	flag.IntVar(&o.connectWorkers, "connect-workers", 64, "connect: concurrent clients")
 	flag.IntVar(&o.publishers, "publishers", 100, "publish: concurrent publishers, one connection each")
@@ -179,6 +180,8 @@ type figures struct {
 	HeldKiB        int64   `json:"held_kib,omitempty"`
 	KiBPerConn     float64 `json:"kib_per_conn,omitempty"`
 	IdleCPU        float64 `json:"idle_cpu_cores,omitempty"` // CPU cores used while holding, idle clients
+	SteadyKiB      int64   `json:"steady_kib,omitempty"`     // RSS after -steady more of holding
+	SteadyPerConn  float64 `json:"steady_kib_per_conn,omitempty"`
 	HoldRate       float64 `json:"hold_connect_rate,omitempty"`
 
 	// connect
@@ -352,6 +355,18 @@ func (h *harness) hold(ctx context.Context, b *broker, f *figures) error {
 	f.IdleCPU = float64(s2.cpu-s1.cpu) / float64(s2.at.Sub(s1.at))
 	log.Printf("%s: held %d (%d errors), RSS %d KiB → %.1f KiB per connection; idle CPU %.3f cores",
 		b.name, f.Held, f.HoldErrors, s2.rssKiB, f.KiBPerConn, f.IdleCPU)
+	if o.steady > 0 {
+		time.Sleep(o.steady)
+		s3, err := readProc(b.pid)
+		if err != nil {
+			return err
+		}
+		f.SteadyKiB = s3.rssKiB
+		if f.Held > 0 {
+			f.SteadyPerConn = float64(s3.rssKiB-base.rssKiB) / float64(f.Held)
+		}
+		log.Printf("%s: %s later, RSS %d KiB → %.1f KiB per connection", b.name, o.steady, s3.rssKiB, f.SteadyPerConn)
+	}
 	for _, p := range procs {
 		p.stdin.Close()
 	}
@@ -492,6 +507,11 @@ func report(w io.Writer, o options, rs []figures) {
 		ratio("KiB per held connection", func(f *figures) float64 { return f.KiBPerConn }, func(f *figures) string {
 			return fmt.Sprintf("%.1f", f.KiBPerConn)
 		})
+		if o.steady > 0 {
+			ratio(fmt.Sprintf("KiB per held connection, %s later", o.steady), func(f *figures) float64 { return f.SteadyPerConn }, func(f *figures) string {
+				return fmt.Sprintf("%.1f", f.SteadyPerConn)
+			})
+		}
 		ratio("idle CPU while holding (cores)", func(f *figures) float64 { return f.IdleCPU }, func(f *figures) string {
 			return fmt.Sprintf("%.3f", f.IdleCPU)
 		})

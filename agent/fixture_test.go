@@ -30,8 +30,10 @@ import (
 	"github.com/wardhq/ward/agent"
 	"github.com/wardhq/ward/client"
 	"github.com/wardhq/ward/internal/config"
+	"github.com/wardhq/ward/internal/gateway"
 	"github.com/wardhq/ward/internal/pki"
 	"github.com/wardhq/ward/internal/server"
+	"github.com/wardhq/ward/protocol"
 )
 
 type ward struct {
@@ -317,7 +319,8 @@ func (w *ward) messages(t *testing.T, id, kind string) []json.RawMessage {
 	if err != nil {
 		return nil // not created yet
 	}
-	subject := "ward.device." + id + "." + kind
+	// The gateway stores messages in records of many devices' messages.
+	subject := gateway.RecordSubject(protocol.Kind(kind))
 	info, err := s.Info(ctx, jetstream.WithSubjectFilter(subject))
 	if err != nil {
 		t.Fatal(err)
@@ -331,19 +334,28 @@ func (w *ward) messages(t *testing.T, id, kind string) []json.RawMessage {
 		t.Fatal(err)
 	}
 	var out []json.RawMessage
-	for uint64(len(out)) < want {
-		batch, err := c.Fetch(int(want)-len(out), jetstream.FetchMaxWait(2*time.Second))
+	for read := uint64(0); read < want; {
+		batch, err := c.Fetch(int(want-read), jetstream.FetchMaxWait(2*time.Second))
 		if err != nil {
 			t.Fatal(err)
 		}
 		n := 0
 		for m := range batch.Messages() {
-			out = append(out, json.RawMessage(m.Data()))
 			n++
+			msgs, err := gateway.DecodeStreamMsg(m.Subject(), m.Headers(), m.Data())
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, dm := range msgs {
+				if dm.DeviceID == id {
+					out = append(out, json.RawMessage(dm.Payload))
+				}
+			}
 		}
 		if n == 0 {
 			break
 		}
+		read += uint64(n)
 	}
 	return out
 }

@@ -220,10 +220,16 @@ func TestGatewayAckedMessagesSurviveKill9(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if m.Subject != gateway.DeviceSubject(id, protocol.Telemetry) || m.Header.Get(gateway.HeaderDevice) != id {
-			t.Fatalf("unexpected message %s %v", m.Subject, m.Header)
+		msgs, err := gateway.DecodeStreamMsg(m.Subject, m.Header, m.Data)
+		if err != nil {
+			t.Fatalf("stream message %d: %v", seq, err)
 		}
-		stored[string(m.Data)] = true
+		for _, dm := range msgs {
+			if dm.DeviceID != id || dm.Kind != protocol.Telemetry {
+				t.Fatalf("unexpected message %s: %+v", m.Subject, dm)
+			}
+			stored[string(dm.Payload)] = true
+		}
 	}
 	missing := 0
 	for p := range acked {

@@ -41,8 +41,10 @@ const (
 	// kind, detail, at, count}): a device broke a rule or a limit.
 	SubjectGatewayViolation = "ward.gateway.violation"
 	// SubjectDevicePrefix starts the subjects of device messages in the
-	// JetStream stream StreamDevice: ward.device.<id>.<kind>, kind one of
-	// telemetry, events, state, ack (package protocol).
+	// JetStream stream StreamDevice: ward.device.batch.<kind>, records of
+	// many devices' messages of one kind (gateway.DecodeStreamMsg), kind
+	// one of telemetry, events, state, ack (package protocol); earlier
+	// versions stored each message on ward.device.<id>.<kind>.
 	SubjectDevicePrefix = "ward.device."
 	// SubjectCommand carries the id of a queued server command: the node
 	// that holds the device's session sends it (gateway.Commands).

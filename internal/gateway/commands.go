@@ -544,32 +544,36 @@ func commandIDOf(payload []byte) string {
 	return m.ID
 }
 
-// recordAck records an ack a device published.
+// recordAck records the acks of a stream message (a record or, from
+// earlier versions, a single message). An ack the store did not take naks
+// the whole message; recording an ack again changes nothing.
 func (c *Commands) recordAck(ctx context.Context, m jetstream.Msg) {
-	deviceID, kind, ok := ParseDeviceSubject(m.Subject())
-	if !ok || kind != protocol.Ack {
-		m.Term()
+	msgs, err := DecodeStreamMsg(m.Subject(), m.Headers(), m.Data())
+	if err != nil || msgs[0].Kind != protocol.Ack {
+		c.log.Warn("device stream message not readable, dropped", "subject", m.Subject(), "err", err)
+		_ = m.Term()
 		return
 	}
-	a, err := ParseAck(m.Data())
-	if err != nil {
-		c.log.Info("command ack ignored", "device", deviceID, "err", err)
-		m.Ack()
-		return
-	}
-	at := ingestReceivedAt(m).UTC()
-	res, err := c.st.ExecContext(ctx, `UPDATE commands SET state = ?, acked_at = ?, ack_payload = ?, delivered_at = COALESCE(delivered_at, ?)
+	for _, dm := range msgs {
+		a, err := ParseAck(dm.Payload)
+		if err != nil {
+			c.log.Info("command ack ignored", "device", dm.DeviceID, "err", err)
+			continue
+		}
+		at := dm.ReceivedAt
+		res, err := c.st.ExecContext(ctx, `UPDATE commands SET state = ?, acked_at = ?, ack_payload = ?, delivered_at = COALESCE(delivered_at, ?)
 		WHERE id = ? AND device_id = ? AND state IN (?, ?, ?, ?)`,
-		CommandAcked, at, string(m.Data()), at, a.Command, deviceID, CommandQueued, CommandSent, CommandDelivered, CommandExpired)
-	if err != nil {
-		c.log.Warn("command ack not recorded, retrying", "command", a.Command, "err", err)
-		m.NakWithDelay(5 * time.Second)
-		return
+			CommandAcked, at, string(dm.Payload), at, a.Command, dm.DeviceID, CommandQueued, CommandSent, CommandDelivered, CommandExpired)
+		if err != nil {
+			c.log.Warn("command ack not recorded, retrying", "command", a.Command, "err", err)
+			_ = m.NakWithDelay(5 * time.Second)
+			return
+		}
+		if n, _ := res.RowsAffected(); n == 0 {
+			c.log.Info("command ack for no pending command of the device", "device", dm.DeviceID, "command", a.Command)
+		}
 	}
-	if n, _ := res.RowsAffected(); n == 0 {
-		c.log.Info("command ack for no pending command of the device", "device", deviceID, "command", a.Command)
-	}
-	m.Ack()
+	_ = m.Ack()
 	c.notify()
 }
 

@@ -31,11 +31,19 @@ package gateway
 // so the client resends it after reconnecting (MQTT 3.1.1 §4.4); QoS 0 is
 // dropped. Each case is counted (Ingest.Stats).
 //
+// # Records
+//
+// Messages are stored in records of many messages of one kind (record.go):
+// one JetStream message, one file write and one stream ack for as many
+// messages as arrived while the previous record of that kind was being
+// stored (see recorder). Each waits for its record's ack, so the rule
+// above holds message by message.
+//
 // # Durability
 //
 // The stream has one replica on a single node, file storage, limits
 // retention (max age, max bytes, discard old). With one replica the NATS
-// file store writes each message to its block file before acknowledging it
+// file store writes each record to its block file before acknowledging it
 // (nats-server filestore: flush in place unless async flush, which needs
 // replicas > 1), so an acknowledged message survives kill -9 of the
 // process. Surviving a power cut needs the server's sync_interval: always
@@ -43,17 +51,24 @@ package gateway
 //
 // # Duplicates
 //
-// A QoS 1 message carries Nats-Msg-Id "<device>-<packet id>-<sha256 of the
-// payload, 96 bits, hex>" and the stream drops a second message with the
-// same id within its duplicate window (default 2 minutes). The id has no
-// connection id in it on purpose: a redelivery (DUP flag) comes on a new
-// connection, possibly to another node, and must carry the same id as the
-// first delivery. A message without the DUP flag is new by definition, so
-// if its id was already seen (the device reused the packet id for the same
+// A QoS 1 message's id is MsgID: "<device>-<packet id>-<sha256 of the
+// payload, 96 bits, hex>". The id has no connection id in it on purpose: a
+// redelivery (DUP flag) comes on a new connection and must carry the same
+// id as the first delivery. The node remembers the ids of the QoS 1
+// messages it stored within the duplicate window (default 2 minutes; see
+// dedup), and a DUP message whose id it stored is acknowledged and not
+// stored again. A message without the DUP flag is new by definition, so if
+// its id was already stored (the device reused the packet id for the same
 // bytes within the window) it is stored again under a unique id. The one
-// ambiguity MQTT leaves: a DUP message with the same packet id and the same
-// bytes as the previous message of that id within the window is taken for
-// a redelivery of it; its content is already stored.
+// ambiguity MQTT leaves: a DUP message with the same packet id and the
+// same bytes as the previous message of that id within the window is taken
+// for a redelivery of it; its content is already stored.
+//
+// The memory is the node's: a redelivery to another node, or to this one
+// after it restarted, is stored again with the same MsgID (the PUBACK was
+// lost, so the device could not know). Consumers that must count a message
+// once drop a repeated MsgID; the registry's columns and command acks are
+// idempotent already.
 //
 // # Registry
 //
@@ -74,6 +89,7 @@ package gateway
 import (
 	"context"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -95,14 +111,9 @@ import (
 	"github.com/wardhq/ward/protocol"
 )
 
-// Values of the headers that take few values, shared by every message.
-var (
-	qosValues   = [2][]string{{"0"}, {"1"}}
-	retainValue = []string{"true"}
-)
-
-// Headers of a device message in the stream, besides Nats-Msg-Id, in
-// canonical MIME form.
+// Headers of a single device message in the stream, as earlier versions
+// stored them (DecodeStreamMsg still reads them), and of a record
+// (HeaderNode), in canonical MIME form.
 const (
 	HeaderDevice     = "Ward-Device"      // device id
 	HeaderNode       = "Ward-Node"        // node that received it
@@ -153,6 +164,7 @@ type IngestConfig struct {
 // IngestStats counts what Ingest did since it started.
 type IngestStats struct {
 	Stored       uint64 `json:"stored"`        // new messages in the stream
+	Records      uint64 `json:"records"`       // stream records they were stored in
 	Duplicates   uint64 `json:"duplicates"`    // redeliveries the stream already had
 	Invalid      uint64 `json:"invalid"`       // refused: payload not a v1 JSON object
 	Unauthorized uint64 `json:"unauthorized"`  // refused: not the client's own device topic
@@ -170,14 +182,18 @@ type Ingest struct {
 	node []string // the Ward-Node header's value
 	log  *slog.Logger
 
-	stored, duplicates, invalid, unauthorized, failed, states atomic.Uint64
+	stored, duplicates, invalid, unauthorized, failed, states, records atomic.Uint64
+
+	recorders [4]*recorder // by kindIndex
+	dedup     dedup
 
 	seenMu sync.Mutex
 	seen   map[string]time.Time // device → its latest stored message since the last flush
 
-	statesMu      sync.Mutex
-	pendingStates []pendingState // consumed, not yet written
-	flushMu       sync.Mutex     // serialises flushStates
+	statesMu       sync.Mutex
+	pendingStates  []pendingState // consumed, not yet written
+	pendingReports int            // states in pendingStates
+	flushMu        sync.Mutex     // serialises flushStates
 }
 
 // NewIngest creates or updates the device stream and returns the hook.
@@ -209,7 +225,11 @@ func NewIngest(ctx context.Context, cfg IngestConfig) (*Ingest, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	in := &Ingest{js: cfg.JetStream, cfg: cfg, log: cfg.Logger, node: []string{cfg.Node}, seen: map[string]time.Time{}}
+	in := &Ingest{js: cfg.JetStream, cfg: cfg, log: cfg.Logger, node: []string{cfg.Node}, seen: map[string]time.Time{},
+		dedup: dedup{window: cfg.DuplicateWindow, recent: map[string][]dedupEntry{}}}
+	for _, k := range []protocol.Kind{protocol.Telemetry, protocol.Events, protocol.State, protocol.Ack} {
+		in.recorders[kindIndex(k)] = &recorder{in: in, subject: RecordSubject(k)}
+	}
 	if in.log == nil {
 		in.log = slog.New(slog.DiscardHandler)
 	}
@@ -240,7 +260,7 @@ func (in *Ingest) Provides(b byte) bool { return b == mqtt.OnPublish }
 // Stats returns the counters.
 func (in *Ingest) Stats() IngestStats {
 	return IngestStats{
-		Stored: in.stored.Load(), Duplicates: in.duplicates.Load(), Invalid: in.invalid.Load(),
+		Stored: in.stored.Load(), Records: in.records.Load(), Duplicates: in.duplicates.Load(), Invalid: in.invalid.Load(),
 		Unauthorized: in.unauthorized.Load(), StoreFailed: in.failed.Load(), StateUpdates: in.states.Load(),
 	}
 }
@@ -336,45 +356,218 @@ func (in *Ingest) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet,
 
 var errIngestNotStored = errors.New("gateway: message not stored")
 
-// store publishes the message to the stream and waits for its ack. It
-// reports whether the stream already had it.
+// store adds the message to its kind's next record and waits until the
+// stream stored the record. It reports whether the message was a
+// redelivery this node had already stored (and so did not store it again).
 func (in *Ingest) store(pk packets.Packet, id string, kind protocol.Kind, now time.Time) (duplicate bool, err error) {
-	// The header map is built with its keys already in canonical form
-	// (nats.Header.Set would canonicalise each one, for every message).
-	h := make(nats.Header, 6)
-	h[HeaderDevice] = []string{id}
-	h[HeaderNode] = in.node
-	h[HeaderReceivedAt] = []string{now.Format(time.RFC3339Nano)}
-	h[HeaderQoS] = qosValues[min(pk.FixedHeader.Qos, 1)]
-	if pk.FixedHeader.Retain {
-		h[HeaderRetain] = retainValue
-	}
+	qos := min(pk.FixedHeader.Qos, 1)
 	msgID := ""
-	if pk.FixedHeader.Qos > 0 {
-		msgID = MsgID(id, pk.PacketID, pk.Payload)
-		h[jetstream.MsgIDHeader] = []string{msgID}
+	if qos > 0 {
+		key := dedupKey(pk.PacketID, pk.Payload)
+		seen := in.dedup.seen(id, key, now)
+		switch {
+		case seen && pk.FixedHeader.Dup:
+			return true, nil // a redelivery of a message stored here
+		case seen:
+			// A new message that reuses a packet id for the same bytes
+			// within the window: not a redelivery, a unique id.
+			msgID = MsgID(id, pk.PacketID, pk.Payload) + "-" + strconv.FormatInt(now.UnixNano(), 36)
+		default:
+			msgID = MsgID(id, pk.PacketID, pk.Payload)
+		}
+		defer func() {
+			if err == nil {
+				in.dedup.add(id, key, now)
+			}
+		}()
 	}
-	msg := &nats.Msg{Subject: DeviceSubject(id, kind), Data: pk.Payload, Header: h}
+	r := in.recorders[kindIndex(kind)]
+	return false, r.add(id, now, qos, pk.FixedHeader.Retain, msgID, pk.Payload)
+}
+
+// Records. A device message is stored as part of a record of its kind
+// (record.go): the first message of a kind starts a record and a flusher
+// goroutine that stores it; messages that arrive while a record is being
+// stored gather in the next one, up to maxRecordMessages or
+// maxRecordBytes. One record per kind is in flight at a time, so a quiet
+// node stores each message on its own and a busy one stores hundreds in
+// one JetStream message, one file write and one ack. Every message of a
+// record learns the record's outcome.
+
+// recorder gathers the messages of one kind into records and stores them.
+type recorder struct {
+	in      *Ingest
+	subject string
+
+	mu      sync.Mutex
+	queue   []*pendingRecord // oldest first; only the last takes more messages
+	running bool             // a flusher is storing the queue
+}
+
+// pendingRecord is a record being gathered or stored.
+type pendingRecord struct {
+	data    []byte
+	n       int
+	created time.Time
+	done    chan struct{} // closed when err is set
+	err     error
+}
+
+var recordBufs = sync.Pool{New: func() any { b := make([]byte, 0, 4096); return &b }}
+
+// add adds a message to the record being gathered and waits for the
+// record's outcome.
+func (r *recorder) add(deviceID string, at time.Time, qos byte, retain bool, msgID string, payload []byte) error {
+	size := len(deviceID) + len(msgID) + len(payload) + 3*binary.MaxVarintLen64 + 1
+	r.mu.Lock()
+	var p *pendingRecord
+	if n := len(r.queue); n > 0 {
+		if last := r.queue[n-1]; last.n < maxRecordMessages && len(last.data)+size <= maxRecordBytes {
+			p = last
+		}
+	}
+	if p == nil {
+		bp := recordBufs.Get().(*[]byte)
+		p = &pendingRecord{data: (*bp)[:0], created: time.Now(), done: make(chan struct{})}
+		r.queue = append(r.queue, p)
+	}
+	p.data = appendMessage(p.data, deviceID, at, qos, retain, msgID, payload)
+	p.n++
+	if !r.running {
+		r.running = true
+		go r.flush()
+	}
+	r.mu.Unlock()
+	<-p.done
+	return p.err
+}
+
+// flush stores the queued records one after the other until the queue is
+// empty. A record that waited longer than the store timeout is not stored:
+// its devices have been waiting that long already.
+func (r *recorder) flush() {
+	for {
+		r.mu.Lock()
+		if len(r.queue) == 0 {
+			r.running = false
+			r.queue = nil
+			r.mu.Unlock()
+			return
+		}
+		p := r.queue[0]
+		r.queue[0] = nil
+		r.queue = r.queue[1:]
+		r.mu.Unlock()
+		if waited := time.Since(p.created); waited > r.in.cfg.StoreTimeout {
+			p.err = fmt.Errorf("not stored: waited %s behind earlier records", waited.Round(time.Millisecond))
+		} else {
+			p.err = r.in.publishRecord(r.subject, p)
+		}
+		data := p.data
+		p.data = nil
+		close(p.done)
+		if cap(data) <= 2*maxRecordBytes {
+			recordBufs.Put(&data)
+		}
+	}
+}
+
+// publishRecord stores one record and waits for the stream's ack. The
+// message is written to the connection before PublishMsg returns, so the
+// record's buffer may be reused after it.
+func (in *Ingest) publishRecord(subject string, p *pendingRecord) error {
+	h := nats.Header{HeaderNode: in.node, HeaderRecord: recordVersionValue}
 	ctx, cancel := context.WithTimeout(context.Background(), in.cfg.StoreTimeout)
 	defer cancel()
 	// No Nats-Expected-Stream header: the ack names the stream that
-	// stored the message, and that is checked instead, for free.
-	ack, err := in.js.PublishMsg(ctx, msg)
+	// stored the record, and that is checked instead, for free.
+	ack, err := in.js.PublishMsg(ctx, &nats.Msg{Subject: subject, Data: p.data, Header: h})
 	if err == nil && ack.Stream != bus.StreamDevice {
 		err = fmt.Errorf("stored in stream %q, not %s", ack.Stream, bus.StreamDevice)
 	}
-	if err != nil {
-		return false, err
+	if err == nil {
+		in.records.Add(1)
 	}
-	if ack.Duplicate && !pk.FixedHeader.Dup {
-		// A new message that reuses a packet id for the same bytes within
-		// the window: not a redelivery, store it under a unique id.
-		h[jetstream.MsgIDHeader] = []string{msgID + "-" + strconv.FormatInt(now.UnixNano(), 36)}
-		if ack, err = in.js.PublishMsg(ctx, msg); err != nil {
-			return false, err
+	return err
+}
+
+// kindIndex is k's index in Ingest.recorders.
+func kindIndex(k protocol.Kind) int {
+	switch k {
+	case protocol.Telemetry:
+		return 0
+	case protocol.Events:
+		return 1
+	case protocol.State:
+		return 2
+	default: // protocol.Ack: store is only called for publishable kinds
+		return 3
+	}
+}
+
+// Duplicates. The node remembers, per device, the keys (packet id and
+// payload hash) of the QoS 1 messages it stored within the duplicate
+// window, at most dedupPerDevice of them: more than a device can have
+// unacknowledged at once (MQTT 5's Receive Maximum, DefaultMaxInflight).
+
+const dedupPerDevice = 64
+
+type dedupEntry struct {
+	at  int64 // Unix nanoseconds
+	key [14]byte
+}
+
+type dedup struct {
+	window time.Duration
+	mu     sync.Mutex
+	recent map[string][]dedupEntry // device → oldest first
+	pruned time.Time
+}
+
+// dedupKey is a message's packet id and 96 bits of its payload's SHA-256.
+func dedupKey(packetID uint16, payload []byte) (k [14]byte) {
+	binary.BigEndian.PutUint16(k[:2], packetID)
+	h := sha256.Sum256(payload)
+	copy(k[2:], h[:12])
+	return k
+}
+
+// seen reports whether the device's message with key was stored within
+// the window.
+func (d *dedup) seen(deviceID string, key [14]byte, now time.Time) bool {
+	since := now.Add(-d.window).UnixNano()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, e := range d.recent[deviceID] {
+		if e.key == key && e.at > since {
+			return true
 		}
 	}
-	return ack.Duplicate, nil
+	return false
+}
+
+// add remembers that the device's message with key was stored at now.
+func (d *dedup) add(deviceID string, key [14]byte, now time.Time) {
+	since := now.Add(-d.window).UnixNano()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if now.Sub(d.pruned) > d.window {
+		// Forget the devices whose last message is out of the window:
+		// a walk of the map once per window.
+		for id, es := range d.recent {
+			if es[len(es)-1].at <= since {
+				delete(d.recent, id)
+			}
+		}
+		d.pruned = now
+	}
+	es := d.recent[deviceID]
+	i := 0
+	for i < len(es) && (es[i].at <= since || len(es)-i >= dedupPerDevice) {
+		i++
+	}
+	es = append(es[:0], es[i:]...)
+	d.recent[deviceID] = append(es, dedupEntry{at: now.UnixNano(), key: key})
 }
 
 // Run keeps the registry's last seen and last known state until ctx ends.
@@ -499,17 +692,24 @@ func consumeStream(ctx context.Context, cons jetstream.Consumer, log *slog.Logge
 	return nil
 }
 
-// record queues a state message; flushStates writes the queue. A full
-// batch is written at once, the rest within stateFlushEvery.
+// record queues the states of a stream message (a record or, from earlier
+// versions, a single message); flushStates writes the queue. A full batch
+// is written at once, the rest within stateFlushEvery.
 func (in *Ingest) record(ctx context.Context, m jetstream.Msg) {
-	id, kind, ok := ParseDeviceSubject(m.Subject())
-	if !ok || kind != protocol.State {
-		m.Term()
+	msgs, err := DecodeStreamMsg(m.Subject(), m.Headers(), m.Data())
+	if err != nil || msgs[0].Kind != protocol.State {
+		in.log.Warn("device stream message not readable, dropped", "subject", m.Subject(), "err", err)
+		_ = m.Term()
 		return
 	}
+	p := pendingState{msg: m, reports: make([]fleet.StateReport, len(msgs))}
+	for i, dm := range msgs {
+		p.reports[i] = fleet.StateReport{DeviceID: dm.DeviceID, State: dm.Payload, At: dm.ReceivedAt}
+	}
 	in.statesMu.Lock()
-	in.pendingStates = append(in.pendingStates, pendingState{msg: m, report: fleet.StateReport{DeviceID: id, State: m.Data(), At: ingestReceivedAt(m)}})
-	full := len(in.pendingStates) >= stateBatch
+	in.pendingStates = append(in.pendingStates, p)
+	in.pendingReports += len(msgs)
+	full := in.pendingReports >= stateBatch
 	in.statesMu.Unlock()
 	if full {
 		in.flushStates(ctx)
@@ -523,10 +723,10 @@ const (
 	stateFlushEvery = 200 * time.Millisecond
 )
 
-// pendingState is a state message waiting for its batch.
+// pendingState is a stream message's states waiting for their batch.
 type pendingState struct {
-	msg    jetstream.Msg
-	report fleet.StateReport
+	msg     jetstream.Msg
+	reports []fleet.StateReport
 }
 
 // flushStatesEvery writes queued states until ctx ends.
@@ -549,18 +749,18 @@ func (in *Ingest) flushStates(ctx context.Context) {
 	in.flushMu.Lock() // one batch at a time, in order
 	defer in.flushMu.Unlock()
 	in.statesMu.Lock()
-	batch := in.pendingStates
-	in.pendingStates = nil
+	batch, n := in.pendingStates, in.pendingReports
+	in.pendingStates, in.pendingReports = nil, 0
 	in.statesMu.Unlock()
 	if len(batch) == 0 {
 		return
 	}
-	reports := make([]fleet.StateReport, len(batch))
-	for i, p := range batch {
-		reports[i] = p.report
+	reports := make([]fleet.StateReport, 0, n)
+	for _, p := range batch {
+		reports = append(reports, p.reports...)
 	}
 	if err := in.cfg.Registry.RecordStates(ctx, reports); err != nil {
-		in.log.Warn("last states not recorded, retrying", "states", len(batch), "err", err)
+		in.log.Warn("last states not recorded, retrying", "states", n, "err", err)
 		for _, p := range batch {
 			_ = p.msg.NakWithDelay(5 * time.Second)
 		}
@@ -569,17 +769,5 @@ func (in *Ingest) flushStates(ctx context.Context) {
 	for _, p := range batch {
 		_ = p.msg.Ack()
 	}
-	in.states.Add(uint64(len(batch)))
-}
-
-// receivedAt is when the gateway received the message, or when the stream
-// stored it if the header is missing.
-func ingestReceivedAt(m jetstream.Msg) time.Time {
-	if t, err := time.Parse(time.RFC3339Nano, m.Headers().Get(HeaderReceivedAt)); err == nil {
-		return t
-	}
-	if md, err := m.Metadata(); err == nil {
-		return md.Timestamp
-	}
-	return time.Now()
+	in.states.Add(uint64(n))
 }

@@ -198,8 +198,9 @@ func publish(t *testing.T, c *paho.Client, topic string, payload []byte) (*paho.
 	return c.Publish(ctx, &paho.Publish{Topic: topic, QoS: 1, Payload: payload})
 }
 
-// streamMsgs returns the stream's messages on subject.
-func streamMsgs(t *testing.T, js jetstream.JetStream, subject string) []*jetstream.RawStreamMsg {
+// streamMsgs returns the device's messages of kind k in the stream, read
+// out of its records.
+func streamMsgs(t *testing.T, js jetstream.JetStream, deviceID string, k protocol.Kind) []gateway.DeviceMessage {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -211,7 +212,7 @@ func streamMsgs(t *testing.T, js jetstream.JetStream, subject string) []*jetstre
 	if err != nil {
 		t.Fatal(err)
 	}
-	var out []*jetstream.RawStreamMsg
+	var out []gateway.DeviceMessage
 	for seq := info.State.FirstSeq; seq <= info.State.LastSeq && info.State.Msgs > 0; seq++ {
 		m, err := s.GetMsg(ctx, seq)
 		if errors.Is(err, jetstream.ErrMsgNotFound) {
@@ -220,8 +221,17 @@ func streamMsgs(t *testing.T, js jetstream.JetStream, subject string) []*jetstre
 		if err != nil {
 			t.Fatal(err)
 		}
-		if m.Subject == subject {
-			out = append(out, m)
+		if m.Subject != gateway.RecordSubject(k) {
+			continue
+		}
+		ms, err := gateway.DecodeStreamMsg(m.Subject, m.Header, m.Data)
+		if err != nil {
+			t.Fatalf("stream message %d: %v", seq, err)
+		}
+		for _, dm := range ms {
+			if dm.DeviceID == deviceID {
+				out = append(out, dm)
+			}
 		}
 	}
 	return out
@@ -287,7 +297,6 @@ func TestIngestStoredBeforePuback(t *testing.T) {
 	id, cert := r.device(t)
 	c := r.client(t, id, cert, 0, nil)
 	topic := protocol.Topic(id, protocol.Telemetry)
-	subject := gateway.DeviceSubject(id, protocol.Telemetry)
 	before := time.Now().UTC()
 	for i := range 5 {
 		payload := []byte(`{"v":1,"seq":` + strconv.Itoa(i) + `}`)
@@ -296,22 +305,20 @@ func TestIngestStoredBeforePuback(t *testing.T) {
 			t.Fatalf("publish %d: %v %+v", i, err, resp)
 		}
 		// The PUBACK is in: the message must be in the stream now.
-		msgs := streamMsgs(t, r.bus.JetStream, subject)
+		msgs := streamMsgs(t, r.bus.JetStream, id, protocol.Telemetry)
 		if len(msgs) != i+1 {
 			t.Fatalf("after PUBACK %d: %d messages in the stream", i, len(msgs))
 		}
 		m := msgs[i]
-		if !bytes.Equal(m.Data, payload) {
-			t.Fatalf("stored %q, want %q", m.Data, payload)
+		if !bytes.Equal(m.Payload, payload) {
+			t.Fatalf("stored %q, want %q", m.Payload, payload)
 		}
-		h := m.Header
-		at, err := time.Parse(time.RFC3339Nano, h.Get(gateway.HeaderReceivedAt))
-		if h.Get(gateway.HeaderDevice) != id || h.Get(gateway.HeaderNode) != "node-1" || h.Get(gateway.HeaderQoS) != "1" ||
-			err != nil || at.Before(before.Add(-time.Second)) || at.After(time.Now().Add(time.Second)) {
-			t.Fatalf("headers %v", h)
+		if m.Kind != protocol.Telemetry || m.Node != "node-1" || m.QoS != 1 || m.Retain ||
+			m.ReceivedAt.Before(before.Add(-time.Second)) || m.ReceivedAt.After(time.Now().Add(time.Second)) {
+			t.Fatalf("stored %+v", m)
 		}
-		if mid := h.Get(jetstream.MsgIDHeader); !strings.HasPrefix(mid, id+"-") || !strings.HasSuffix(mid, gateway.MsgID(id, 0, payload)[len(id)+2:]) {
-			t.Fatalf("Nats-Msg-Id %q", mid)
+		if !strings.HasPrefix(m.MsgID, id+"-") || !strings.HasSuffix(m.MsgID, gateway.MsgID(id, 0, payload)[len(id)+2:]) {
+			t.Fatalf("message id %q", m.MsgID)
 		}
 	}
 
@@ -319,7 +326,7 @@ func TestIngestStoredBeforePuback(t *testing.T) {
 	// message reusing the packet id for the same bytes (no DUP) is stored.
 	id2, cert2 := r.device(t)
 	raw := r.raw5(t, id2, cert2)
-	topic2, subject2 := protocol.Topic(id2, protocol.Events), gateway.DeviceSubject(id2, protocol.Events)
+	topic2 := protocol.Topic(id2, protocol.Events)
 	payload := []byte(`{"v":1,"alarm":"occlusion"}`)
 	if rc := raw.publish(topic2, 7, false, payload); rc != 0 {
 		t.Fatalf("first: reason 0x%02x", rc)
@@ -327,7 +334,7 @@ func TestIngestStoredBeforePuback(t *testing.T) {
 	if rc := raw.publish(topic2, 7, true, payload); rc != 0 {
 		t.Fatalf("redelivery: reason 0x%02x", rc)
 	}
-	if n := len(streamMsgs(t, r.bus.JetStream, subject2)); n != 1 {
+	if n := len(streamMsgs(t, r.bus.JetStream, id2, protocol.Events)); n != 1 {
 		t.Fatalf("after a DUP redelivery: %d messages, want 1", n)
 	}
 	// A redelivery on a new connection (after a reconnect) too.
@@ -336,17 +343,59 @@ func TestIngestStoredBeforePuback(t *testing.T) {
 	if rc := raw.publish(topic2, 7, true, payload); rc != 0 {
 		t.Fatalf("redelivery after reconnect: reason 0x%02x", rc)
 	}
-	if n := len(streamMsgs(t, r.bus.JetStream, subject2)); n != 1 {
+	if n := len(streamMsgs(t, r.bus.JetStream, id2, protocol.Events)); n != 1 {
 		t.Fatalf("after a redelivery on a new connection: %d messages, want 1", n)
 	}
 	if rc := raw.publish(topic2, 7, false, payload); rc != 0 {
 		t.Fatalf("new message, same id and bytes: reason 0x%02x", rc)
 	}
-	if n := len(streamMsgs(t, r.bus.JetStream, subject2)); n != 2 {
+	if n := len(streamMsgs(t, r.bus.JetStream, id2, protocol.Events)); n != 2 {
 		t.Fatalf("a new message with a reused packet id: %d messages, want 2", n)
 	}
 	if st := r.in.Stats(); st.Stored != 7 || st.Duplicates != 2 {
 		t.Fatalf("stats %+v", st)
+	}
+}
+
+// Devices publishing at once are stored in shared records, and every
+// message is in the stream, in each device's order, when its PUBACK comes.
+func TestIngestRecordsGatherMessages(t *testing.T) {
+	r := newIngRig(t, storetest.Open(t, store.SQLite))
+	const devices, each = 24, 25
+	ids := make([]string, devices)
+	clients := make([]*paho.Client, devices)
+	for i := range devices {
+		id, cert := r.device(t)
+		ids[i], clients[i] = id, r.client(t, id, cert, 0, nil)
+	}
+	var wg sync.WaitGroup
+	for i := range devices {
+		wg.Go(func() {
+			for n := range each {
+				resp, err := publish(t, clients[i], protocol.Topic(ids[i], protocol.Telemetry), []byte(`{"v":1,"n":`+strconv.Itoa(n)+`}`))
+				if err != nil || resp.ReasonCode != 0 {
+					t.Errorf("device %d message %d: %v %+v", i, n, err, resp)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	for i, id := range ids {
+		msgs := streamMsgs(t, r.bus.JetStream, id, protocol.Telemetry)
+		if len(msgs) != each {
+			t.Fatalf("device %d: %d messages stored, want %d", i, len(msgs), each)
+		}
+		for n, m := range msgs {
+			if string(m.Payload) != `{"v":1,"n":`+strconv.Itoa(n)+`}` {
+				t.Fatalf("device %d message %d: %s", i, n, m.Payload)
+			}
+		}
+	}
+	st := r.in.Stats()
+	t.Logf("%d messages in %d records", st.Stored, st.Records)
+	if st.Stored != devices*each || st.Records >= st.Stored {
+		t.Fatalf("stats %+v: want %d messages in fewer records", st, devices*each)
 	}
 }
 
@@ -375,7 +424,7 @@ func TestIngestRefusesMalformed(t *testing.T) {
 		}
 		t.Logf("%s: PUBACK 0x%02x", name, resp.ReasonCode)
 	}
-	if n := len(streamMsgs(t, r.bus.JetStream, gateway.DeviceSubject(id, protocol.Telemetry))); n != 0 {
+	if n := len(streamMsgs(t, r.bus.JetStream, id, protocol.Telemetry)); n != 0 {
 		t.Fatalf("%d malformed messages stored", n)
 	}
 	// The session still works.
@@ -457,8 +506,8 @@ func TestIngestStoreUnavailable(t *testing.T) {
 	if resp, err := publish(t, c, topic, []byte(`{"v":1,"kept":true}`)); err != nil || resp.ReasonCode != 0 {
 		t.Fatalf("publish after the stream is back: %v %+v", err, resp)
 	}
-	msgs := streamMsgs(t, r.bus.JetStream, gateway.DeviceSubject(id, protocol.Telemetry))
-	if len(msgs) != 1 || string(msgs[0].Data) != `{"v":1,"kept":true}` {
+	msgs := streamMsgs(t, r.bus.JetStream, id, protocol.Telemetry)
+	if len(msgs) != 1 || string(msgs[0].Payload) != `{"v":1,"kept":true}` {
 		t.Fatalf("stream holds %d messages", len(msgs))
 	}
 	if st := r.in.Stats(); st.StoreFailed != 2 {

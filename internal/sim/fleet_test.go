@@ -9,6 +9,7 @@ import (
 	"context"
 	"crypto/x509"
 	"encoding/json"
+	"errors"
 	"io"
 	"log/slog"
 	"net"
@@ -31,6 +32,7 @@ import (
 	"github.com/wardhq/ward/internal/pki"
 	"github.com/wardhq/ward/internal/server"
 	"github.com/wardhq/ward/internal/sim"
+	"github.com/wardhq/ward/protocol"
 )
 
 type node struct {
@@ -39,6 +41,10 @@ type node struct {
 	nc    *nats.Conn
 	js    jetstream.JetStream
 	roots *x509.CertPool
+
+	mu            sync.Mutex
+	readTo        uint64          // last stream sequence telemetry read
+	withTelemetry map[string]bool // devices with telemetry in the stream
 }
 
 func freeAddr(t *testing.T) string {
@@ -111,17 +117,46 @@ func startNode(t *testing.T) *node {
 	}
 	roots := x509.NewCertPool()
 	roots.AddCert(root)
-	return &node{cfg: cfg, api: api, nc: nc, js: js, roots: roots}
+	return &node{cfg: cfg, api: api, nc: nc, js: js, roots: roots, withTelemetry: map[string]bool{}}
 }
 
-// telemetry reports whether the device stream holds telemetry of id.
+// telemetry reports whether the device stream holds telemetry of id. It
+// reads the stream's records from where its last call stopped.
 func (n *node) telemetry(ctx context.Context, id string) bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.withTelemetry[id] {
+		return true
+	}
 	s, err := n.js.Stream(ctx, bus.StreamDevice)
 	if err != nil {
 		return false
 	}
-	_, err = s.GetLastMsgForSubject(ctx, bus.SubjectDevicePrefix+id+".telemetry")
-	return err == nil
+	info, err := s.Info(ctx)
+	if err != nil {
+		return false
+	}
+	for seq := max(n.readTo+1, info.State.FirstSeq); seq <= info.State.LastSeq; seq++ {
+		m, err := s.GetMsg(ctx, seq)
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			continue
+		}
+		if err != nil {
+			return false
+		}
+		n.readTo = seq
+		if m.Subject != gateway.RecordSubject(protocol.Telemetry) {
+			continue
+		}
+		msgs, err := gateway.DecodeStreamMsg(m.Subject, m.Header, m.Data)
+		if err != nil {
+			continue
+		}
+		for _, dm := range msgs {
+			n.withTelemetry[dm.DeviceID] = true
+		}
+	}
+	return n.withTelemetry[id]
 }
 
 // violations collects the gateway's violations by device and kind.

@@ -12,25 +12,23 @@ package gateway
 //
 // Send records the command as queued and announces it on the bus
 // (bus.SubjectCommand); the node that holds the device's session (any node,
-// one code path) publishes it at QoS 1 through Gateway.Publish and marks it
-// sent once the broker put it in the session's inflight window. A command
-// is also sent when the device subscribes to its cmd topic or resumes a
-// session that has the subscription, and by a periodic sweep: so a command
-// for an offline device waits, queued, in the database (not in the broker's
-// memory, which a restart would lose) and is sent when the device comes
-// back. A sent command that is still in the session's inflight window is not
-// sent again (mochi resends it itself on a resumed session); one that is not
-// (a clean session, a restarted node) is sent again. Delivery is therefore
-// at least once; the device recognises a repeat by the command id.
+// one code path) sends it at QoS 1 on the session and marks it sent once
+// it went out in the session's inflight window. A command is also sent
+// when the device subscribes to its cmd topic or resumes a session that has
+// the subscription, and by a periodic sweep: so a command for an offline
+// device waits, queued, in the database (not in the gateway's memory, which
+// a restart would lose) and is sent when the device comes back. A sent
+// command that is still in the session's inflight window is not sent
+// again; one that is not (the connection ended before its PUBACK, a
+// restarted node) is sent again to the device's next session. Delivery is
+// therefore at least once; the device recognises a repeat by the command
+// id.
 //
-// delivered: mochi reads the device's PUBACK for the packet id under which
-// the command went out. The packet id is bound to the command in OnQosPublish
-// (called by mochi when an outgoing QoS 1 PUBLISH enters the inflight window,
-// also on a resend) and looked up when the device's PUBACK is read
-// (OnPacketRead, type PUBACK). OnQosComplete is not used: mochi also calls it
-// with its own PUBACKs to the device's QoS 1 publishes (server.go:962),
-// whose packet ids are from the device's id space and may equal a
-// command's.
+// delivered: the packet id under which the command went out is bound to
+// the command before the PUBLISH is written (session.send), and looked up
+// when the device's PUBACK for it is read (acked). The binding belongs to
+// the session: a device's own QoS 1 publishes use its packet id space, and
+// a new session starts afresh.
 //
 // acked: the device publishes to its ack topic {"v":1,"command":"<id>",…};
 // the message goes through ingest into the stream like any other, and the
@@ -59,7 +57,6 @@ import (
 	"sync"
 	"time"
 
-	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -179,10 +176,10 @@ type CommandsConfig struct {
 	Rand          io.Reader
 }
 
-// Commands sends server commands to devices and tracks them. It is also a
-// mochi hook: add it to the gateway with AddHook before Run.
+// Commands sends server commands to devices and tracks them. Add it to the
+// gateway with AddHook before Run: the gateway tells it of sessions,
+// subscriptions and PUBACKs.
 type Commands struct {
-	mqtt.HookBase
 	st   *store.Store
 	gw   Sender
 	nc   *nats.Conn
@@ -195,14 +192,14 @@ type Commands struct {
 	sendMu sync.Mutex // serialises sending, so a command is not published twice at once
 
 	mu      sync.Mutex
-	clients map[string]*mqtt.Client   // device id → its current session here
+	clients map[string]*session       // device id → its current session here
 	bound   map[commandBinding]string // outgoing packet → command id
 	settled map[string]time.Time      // delivered or failed here, DB update maybe pending
 	changed chan struct{}             // closed and replaced when a command changes here
 }
 
 type commandBinding struct {
-	client string
+	s      *session
 	packet uint16
 }
 
@@ -215,7 +212,7 @@ func NewCommands(cfg CommandsConfig) (*Commands, error) {
 		cfg.SweepInterval = 5 * time.Second
 	}
 	c := &Commands{st: cfg.Store, gw: cfg.Gateway, nc: cfg.Conn, js: cfg.JetStream, cfg: cfg, log: cfg.Logger, now: cfg.Now, rand: cfg.Rand,
-		clients: map[string]*mqtt.Client{}, bound: map[commandBinding]string{}, settled: map[string]time.Time{}, changed: make(chan struct{})}
+		clients: map[string]*session{}, bound: map[commandBinding]string{}, settled: map[string]time.Time{}, changed: make(chan struct{})}
 	if c.log == nil {
 		c.log = slog.New(slog.DiscardHandler)
 	}
@@ -462,22 +459,16 @@ func (c *Commands) deliver(deviceID string) {
 	c.sendMu.Lock()
 	defer c.sendMu.Unlock()
 	c.mu.Lock()
-	cl := c.clients[deviceID]
-	c.mu.Unlock()
-	topic := protocol.Topic(deviceID, protocol.Cmd)
-	if cl == nil || cl.Closed() {
-		return
-	}
-	if _, ok := cl.State.Subscriptions.Get(topic); !ok {
-		return
-	}
+	s := c.clients[deviceID]
 	inflight := map[string]bool{}
-	for _, pk := range cl.State.Inflight.GetAll(false) {
-		if pk.FixedHeader.Type == packets.Publish {
-			if id := commandIDOf(pk.Payload); id != "" {
-				inflight[id] = true
-			}
+	for k, id := range c.bound {
+		if k.s == s {
+			inflight[id] = true
 		}
+	}
+	c.mu.Unlock()
+	if s == nil || !s.subscribedToCmd() {
+		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -504,13 +495,16 @@ func (c *Commands) deliver(deviceID string) {
 		if inflight[p.id] || settled {
 			continue
 		}
-		if err := c.gw.Publish(topic, []byte(p.msg), 1); err != nil {
+		taken, err := s.send([]byte(p.msg), 1, func(packetID uint16) {
+			c.mu.Lock()
+			c.bound[commandBinding{s: s, packet: packetID}] = p.id
+			c.mu.Unlock()
+		})
+		if err != nil {
 			c.log.Warn("command not published", "command", p.id, "device", deviceID, "err", err)
 			return
 		}
-		// OnQosPublish ran inside Publish if the PUBLISH reached the
-		// session's inflight window.
-		if !c.isBound(cl.ID, p.id) {
+		if !taken {
 			c.log.Debug("command not taken by the session, stays pending", "command", p.id)
 			continue
 		}
@@ -520,28 +514,6 @@ func (c *Commands) deliver(deviceID string) {
 		}
 		c.notify()
 	}
-}
-
-func (c *Commands) isBound(client, id string) bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	for k, v := range c.bound {
-		if k.client == client && v == id {
-			return true
-		}
-	}
-	return false
-}
-
-// commandIDOf returns the command id in a cmd message, or "".
-func commandIDOf(payload []byte) string {
-	var m struct {
-		ID string `json:"id"`
-	}
-	if json.Unmarshal(payload, &m) != nil || !commandIDRE.MatchString(m.ID) {
-		return ""
-	}
-	return m.ID
 }
 
 // recordAck records the acks of a stream message (a record or, from
@@ -577,91 +549,46 @@ func (c *Commands) recordAck(ctx context.Context, m jetstream.Msg) {
 	c.notify()
 }
 
-// Hook.
+// What the gateway tells Commands.
 
 // ID names the hook.
 func (c *Commands) ID() string { return "ward-commands" }
 
-// Provides says which hook methods Commands implements.
-func (c *Commands) Provides(b byte) bool {
-	switch b {
-	case mqtt.OnSessionEstablished, mqtt.OnDisconnect, mqtt.OnSubscribed, mqtt.OnQosPublish, mqtt.OnPacketRead, mqtt.OnQosDropped:
-		return true
-	}
-	return false
-}
-
-// OnSessionEstablished notes the device's session and, if it resumed one
-// subscribed to cmd, sends what is pending.
-func (c *Commands) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
-	if cl.Net.Inline {
-		return
-	}
+// sessionUp notes the device's session and, if it resumed one subscribed
+// to cmd, sends what is pending.
+func (c *Commands) sessionUp(s *session) {
 	c.mu.Lock()
-	c.clients[cl.ID] = cl
+	c.clients[s.deviceID] = s
 	c.mu.Unlock()
-	if _, ok := cl.State.Subscriptions.Get(protocol.Topic(cl.ID, protocol.Cmd)); ok {
-		go c.deliver(cl.ID)
+	if s.subscribedToCmd() {
+		go c.deliver(s.deviceID)
 	}
 }
 
-// OnDisconnect forgets the session.
-func (c *Commands) OnDisconnect(cl *mqtt.Client, _ error, _ bool) {
+// sessionDown forgets the session and what it had in flight: those
+// commands stay sent, and are sent again to the device's next session.
+func (c *Commands) sessionDown(s *session) {
 	c.mu.Lock()
-	if c.clients[cl.ID] == cl {
-		delete(c.clients, cl.ID)
+	if c.clients[s.deviceID] == s {
+		delete(c.clients, s.deviceID)
 	}
-	c.mu.Unlock()
-}
-
-// OnSubscribed sends pending commands once the device subscribed to cmd.
-func (c *Commands) OnSubscribed(cl *mqtt.Client, pk packets.Packet, reasonCodes []byte) {
-	topic := protocol.Topic(cl.ID, protocol.Cmd)
-	for i, f := range pk.Filters {
-		if f.Filter == topic && i < len(reasonCodes) && reasonCodes[i] < 0x80 {
-			go c.deliver(cl.ID)
-			return
+	for k := range c.bound {
+		if k.s == s {
+			delete(c.bound, k)
 		}
 	}
-}
-
-// OnQosPublish binds an outgoing QoS 1 PUBLISH's packet id to the command
-// it carries (or unbinds the id if it carries none).
-func (c *Commands) OnQosPublish(cl *mqtt.Client, pk packets.Packet, _ int64, _ int) {
-	if pk.FixedHeader.Type != packets.Publish {
-		return
-	}
-	k := commandBinding{client: cl.ID, packet: pk.PacketID}
-	id := commandIDOf(pk.Payload)
-	c.mu.Lock()
-	if id != "" {
-		c.bound[k] = id
-	} else {
-		delete(c.bound, k)
-	}
 	c.mu.Unlock()
 }
 
-// OnQosDropped unbinds a PUBLISH that left the inflight window undelivered.
-func (c *Commands) OnQosDropped(cl *mqtt.Client, pk packets.Packet) {
-	if pk.FixedHeader.Type != packets.Publish {
-		return
-	}
-	k := commandBinding{client: cl.ID, packet: pk.PacketID}
-	c.mu.Lock()
-	if id, ok := c.bound[k]; ok && id == commandIDOf(pk.Payload) {
-		delete(c.bound, k)
-	}
-	c.mu.Unlock()
+// subscribed sends pending commands once the device subscribed to cmd.
+func (c *Commands) subscribed(s *session) {
+	go c.deliver(s.deviceID)
 }
 
-// OnPacketRead marks a command delivered (or failed) when the device's
-// PUBACK for its packet id arrives.
-func (c *Commands) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
-	if pk.FixedHeader.Type != packets.Puback {
-		return pk, nil
-	}
-	k := commandBinding{client: cl.ID, packet: pk.PacketID}
+// acked marks a command delivered (or failed) when the device's PUBACK for
+// its packet id arrives.
+func (c *Commands) acked(s *session, pk packets.Packet) {
+	k := commandBinding{s: s, packet: pk.PacketID}
 	c.mu.Lock()
 	id, ok := c.bound[k]
 	if ok {
@@ -670,7 +597,7 @@ func (c *Commands) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Pac
 	}
 	c.mu.Unlock()
 	if !ok {
-		return pk, nil
+		return
 	}
 	at := c.now().UTC()
 	reason := pk.ReasonCode
@@ -690,5 +617,4 @@ func (c *Commands) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Pac
 		}
 		c.notify()
 	}()
-	return pk, nil
 }

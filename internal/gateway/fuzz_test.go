@@ -1,8 +1,13 @@
 package gateway
 
 import (
+	"bufio"
+	"bytes"
+	"slices"
 	"strings"
 	"testing"
+
+	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/wardhq/ward/protocol"
 )
@@ -44,6 +49,66 @@ func FuzzAuthorize(f *testing.F) {
 			t.Fatalf("publish to %q allowed", topic)
 		case write && quarantined && k != protocol.State && k != protocol.Events:
 			t.Fatalf("quarantined publish to %q allowed", topic)
+		}
+	})
+}
+
+// FuzzReadPacket: whatever bytes a device sends, the session's reader
+// returns packets or an error, never panics, never reads a packet longer
+// than the maximum, and never hands on more payload than the packet held.
+func FuzzReadPacket(f *testing.F) {
+	id := "abcdefghijklmnopqrstuvwxyz"
+	enc := func(pk packets.Packet) []byte {
+		var b bytes.Buffer
+		var err error
+		switch pk.FixedHeader.Type {
+		case packets.Connect:
+			err = pk.ConnectEncode(&b)
+		case packets.Publish:
+			err = pk.PublishEncode(&b)
+		case packets.Subscribe:
+			err = pk.SubscribeEncode(&b)
+		case packets.Puback:
+			err = pk.PubackEncode(&b)
+		}
+		if err != nil {
+			f.Fatal(err)
+		}
+		return b.Bytes()
+	}
+	for _, v := range []byte{4, 5} {
+		connect := enc(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect}, ProtocolVersion: v,
+			Connect: packets.ConnectParams{ProtocolName: []byte("MQTT"), ClientIdentifier: id, Keepalive: 30, Clean: true}})
+		publish := enc(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1}, ProtocolVersion: v, PacketID: 7,
+			TopicName: protocol.Topic(id, protocol.Telemetry), Payload: []byte(`{"v":1}`)})
+		subscribe := enc(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1}, ProtocolVersion: v, PacketID: 8,
+			Filters: packets.Subscriptions{{Filter: protocol.Topic(id, protocol.Cmd), Qos: 1}}})
+		puback := enc(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, ProtocolVersion: v, PacketID: 9})
+		f.Add(v, slices.Concat(connect, publish, subscribe, puback, []byte{0xc0, 0, 0xe0, 0}))
+	}
+	f.Add(byte(5), []byte{0x30, 0xff, 0xff, 0xff, 0x7f})
+	f.Add(byte(4), []byte("GET / HTTP/1.1\r\n\r\n"))
+	const maxPacket = 4096 + 1024
+	f.Fuzz(func(t *testing.T, version byte, data []byte) {
+		s := &session{version: 4 + version%2, br: bufio.NewReaderSize(bytes.NewReader(data), readBufferSize)}
+		for range 64 {
+			fh, err := s.readFixedHeader(maxPacket)
+			if err != nil {
+				return
+			}
+			if fh.Remaining+1 > maxPacket {
+				t.Fatalf("a packet of %d bytes read past the maximum %d", fh.Remaining+1, maxPacket)
+			}
+			pk, err := s.readPacket(fh)
+			if err != nil {
+				return
+			}
+			if len(pk.Payload)+len(pk.TopicName) > fh.Remaining {
+				t.Fatalf("topic and payload of %d bytes from a packet of %d", len(pk.Payload)+len(pk.TopicName), fh.Remaining)
+			}
+			if pk.FixedHeader.Type == packets.Connect {
+				s.version = pk.ProtocolVersion
+			}
 		}
 	})
 }

@@ -36,7 +36,7 @@
 // Any node may change a device's state; fleet.Config.OnStateChange is
 // published on bus.SubjectDeviceState and every gateway applies it to the
 // device's session if it holds it: quarantine restricts the session at once
-// (and drops any subscription other than cmd), release lifts the
+// (a device holds no subscription but its cmd topic), release lifts the
 // restriction, revoke and decommission disconnect with 0x8A. Revoked
 // certificate serials on bus.SubjectRevoked disconnect too (bulk
 // revocations).
@@ -57,18 +57,22 @@
 //
 // Source address connection rate and the node's connection count are
 // checked before the TLS handshake; the device connection rate right after
-// it; message rate and size at each PUBLISH. mochi's buffers are tuned
-// down for many small, mostly idle devices (see newBroker).
+// it; message rate and size at each PUBLISH. Sessions are sized for many
+// small, mostly idle devices: at most Limits.MaxInflight unacknowledged
+// messages each way, no topic aliases, no shared or wildcard
+// subscriptions, QoS 1 at most, sessions kept an hour at most after their
+// connection (broker.go).
 //
-// # The broker
+// # The MQTT server (broker.go)
 //
-// The broker is github.com/mochi-mqtt/server/v2, wrapped here: nothing
-// else in Ward imports it, except hooks added with AddHook (ingest,
-// commands), which run after ours and may not take part in authentication
-// or authorisation.
+// Each connection is served by one goroutine of the gateway's own, with
+// the MQTT packet codec of github.com/mochi-mqtt/server/v2/packets. There
+// is no routing between devices: what a device publishes goes to ingest
+// (AddHook), what it receives comes from commands.
 package gateway
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"encoding/json"
@@ -80,7 +84,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 	"github.com/nats-io/nats.go"
 
@@ -115,13 +118,15 @@ type Config struct {
 	Now              func() time.Time
 }
 
-// Gateway is the device MQTT broker. Build it with New, add hooks, Run it.
+// Gateway is the device MQTT server. Build it with New, add ingest and
+// commands with AddHook, Run it.
 type Gateway struct {
 	cfg     Config
 	lim     Limits
 	log     *slog.Logger
 	now     func() time.Time
-	mq      *mqtt.Server
+	ingest  *Ingest
+	cmds    *Commands
 	ln      *listener
 	hist    *History
 	ownHist bool
@@ -135,6 +140,10 @@ type Gateway struct {
 	byConn   map[net.Conn]*session
 	byDevice map[string]map[*session]struct{}
 
+	pmu       sync.Mutex
+	persisted map[string]persisted // device → its disconnected session
+	pswept    time.Time
+
 	running atomic.Bool
 	closing atomic.Bool
 	stats   counters
@@ -146,14 +155,15 @@ func New(cfg Config) (*Gateway, error) {
 		return nil, errors.New("gateway: Cert, CA, Fleet, Store and Audit are required")
 	}
 	g := &Gateway{
-		cfg:      cfg,
-		lim:      cfg.Limits.withDefaults(),
-		log:      cfg.Logger,
-		now:      cfg.Now,
-		quiet:    ratelimit.NewThrottle(time.Minute, 16384),
-		vquiet:   ratelimit.NewThrottle(time.Second, 16384),
-		byConn:   map[net.Conn]*session{},
-		byDevice: map[string]map[*session]struct{}{},
+		cfg:       cfg,
+		lim:       cfg.Limits.withDefaults(),
+		log:       cfg.Logger,
+		now:       cfg.Now,
+		quiet:     ratelimit.NewThrottle(time.Minute, 16384),
+		vquiet:    ratelimit.NewThrottle(time.Second, 16384),
+		byConn:    map[net.Conn]*session{},
+		byDevice:  map[string]map[*session]struct{}{},
+		persisted: map[string]persisted{},
 	}
 	if g.log == nil {
 		g.log = slog.New(slog.DiscardHandler)
@@ -185,71 +195,28 @@ func New(cfg Config) (*Gateway, error) {
 			return nil, fmt.Errorf("gateway: listen: %w", err)
 		}
 	}
-	g.mq = newBroker(g.lim, g.log)
 	g.ln = &listener{g: g, ln: ln}
-	if err := g.mq.AddHook(&hook{g: g}, nil); err != nil {
-		ln.Close()
-		return nil, fmt.Errorf("gateway: %w", err)
-	}
-	if err := g.mq.AddListener(g.ln); err != nil {
-		ln.Close()
-		return nil, fmt.Errorf("gateway: %w", err)
-	}
 	return g, nil
 }
 
-// newBroker returns mochi tuned for many small, mostly idle devices:
-//
-//   - MaximumClientWritesPending 64 (default 8192): a device receives a few
-//     commands, not a stream; each pending slot is a channel element.
-//   - ReceiveMaximum and MaximumInflight = Limits.MaxInflight (default 32;
-//     mochi's defaults are 1024 and 8192).
-//   - MaximumPacketSize = MaxPayload + 4 KiB of topic and properties, so a
-//     huge packet is refused from its header, before it is read.
-//   - MaximumQos 1 (QoS 2 is not part of the device protocol), no topic
-//     aliases, no shared subscriptions.
-//   - Sessions and messages expire after an hour at most (default: never
-//     and a day), so a device that vanishes does not hold memory for long.
-//   - A 512-byte read buffer (mochi's default 2 KiB): it only serves the
-//     fixed headers and small packets, the TLS connection under it already
-//     buffers a whole record, and every held connection keeps it. Writes
-//     keep mochi's 2 KiB threshold (its buffer is allocated only while
-//     writes queue up). $SYS every minute instead of every second
-//     (devices may not read it anyway).
-func newBroker(lim Limits, log *slog.Logger) *mqtt.Server {
-	caps := mqtt.NewDefaultServerCapabilities()
-	caps.MaximumClients = int64(lim.MaxConnections)
-	caps.MaximumClientWritesPending = 64
-	caps.ReceiveMaximum = uint16(lim.MaxInflight)
-	caps.MaximumInflight = uint16(lim.MaxInflight)
-	caps.MaximumPacketSize = uint32(lim.MaxPayload + 4096)
-	caps.MaximumQos = 1
-	caps.TopicAliasMaximum = 0
-	caps.SharedSubAvailable = 0
-	caps.MaximumSessionExpiryInterval = 3600
-	caps.MaximumMessageExpiryInterval = 3600
-	caps.MinimumProtocolVersion = 4 // 3.1.1 and 5
-	return mqtt.New(&mqtt.Options{
-		Capabilities:             caps,
-		ClientNetReadBufferSize:  512,
-		ClientNetWriteBufferSize: 2048,
-		SysTopicResendInterval:   60,
-		InlineClient:             true,
-		Logger:                   slog.New(quietHandler{log.With("component", "mqtt").Handler()}),
-	})
-}
+// Hook is a part built on the gateway: *Ingest, which stores what devices
+// publish, or *Commands, which sends them commands.
+type Hook interface{ ID() string }
 
-// AddHook adds a broker hook (ingest, commands) that runs after the
-// gateway's own. It must be called before Run. A hook may not take part in
-// authentication or authorisation: mochi grants access if any hook does.
-func (g *Gateway) AddHook(h mqtt.Hook, config any) error {
+// AddHook adds ingest or commands. It must be called before Run.
+func (g *Gateway) AddHook(h Hook) error {
 	if g.running.Load() {
 		return errors.New("gateway: AddHook after Run")
 	}
-	if h.Provides(mqtt.OnConnectAuthenticate) || h.Provides(mqtt.OnACLCheck) {
-		return fmt.Errorf("gateway: hook %s may not provide OnConnectAuthenticate or OnACLCheck", h.ID())
+	switch h := h.(type) {
+	case *Ingest:
+		g.ingest = h
+	case *Commands:
+		g.cmds = h
+	default:
+		return fmt.Errorf("gateway: unknown hook %s", h.ID())
 	}
-	return g.mq.AddHook(h, config)
+	return nil
 }
 
 // Addr returns the listener's address.
@@ -260,8 +227,12 @@ func (g *Gateway) History() *History { return g.hist }
 
 // Connected reports whether the device has a session on this node.
 func (g *Gateway) Connected(deviceID string) bool {
-	cl, ok := g.mq.Clients.Get(deviceID)
-	return ok && !cl.Closed()
+	for _, s := range g.sessionsOf(deviceID) {
+		if s.phase.Load() == phaseOpen {
+			return true
+		}
+	}
+	return false
 }
 
 // ErrNotCommandTopic is returned by Publish for a topic that is not a
@@ -278,7 +249,13 @@ func (g *Gateway) Publish(topic string, payload []byte, qos byte) error {
 	if qos > 1 {
 		return fmt.Errorf("gateway: publish: QoS %d not supported", qos)
 	}
-	return g.mq.Publish(topic, payload, false, qos)
+	id, _, _ := protocol.ParseTopic(topic)
+	for _, s := range g.sessionsOf(id) {
+		if _, err := s.send(payload, qos, nil); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // Run serves until ctx ends, then closes every connection and writes the
@@ -309,15 +286,12 @@ func (g *Gateway) Run(ctx context.Context) error {
 			return err
 		}
 	}
-	if err := g.mq.Serve(); err != nil {
-		g.ln.ln.Close()
-		return fmt.Errorf("gateway: %w", err)
-	}
+	g.ln.wg.Go(g.ln.accept)
 	g.log.Info("MQTT device gateway (mutual TLS 1.3)", "addr", g.Addr().String())
 	<-ctx.Done()
 	g.closing.Store(true)
 	g.log.Info("gateway: shutting down", "connected", g.stats.connected.Load())
-	_ = g.mq.Close() // closes the listener, disconnects every client (0x8B), runs hook Stop
+	g.ln.close() // no new connections; every session ends with 0x8B
 	done := make(chan struct{})
 	go func() { g.ln.wg.Wait(); close(done) }()
 	select {
@@ -369,7 +343,6 @@ func (g *Gateway) ApplyState(deviceID string, state fleet.State) {
 		switch state {
 		case fleet.Quarantined:
 			s.quarantined.Store(true)
-			g.dropSubscriptions(s)
 		case fleet.Active:
 			s.quarantined.Store(false)
 		case fleet.Revoked, fleet.Decommissioned:
@@ -400,31 +373,21 @@ func (g *Gateway) applyRevokedSerials(serials []string) {
 }
 
 // kick ends a session: with a DISCONNECT carrying code once MQTT is up,
-// or by closing the connection before.
+// by closing the connection before. It never waits for a device: if a
+// write to it is under way, the connection is closed without DISCONNECT.
 func (g *Gateway) kick(s *session, reason string, code packets.Code) {
 	s.setEnd(reason)
-	if cl := s.mqttClient(); cl != nil {
-		_ = g.mq.DisconnectClient(cl, code)
-		return
+	if s.phase.Load() >= phaseAdmitted && s.version == 5 && s.wmu.TryLock() {
+		pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Disconnect}, ReasonCode: code.Code, ProtocolVersion: 5}
+		pk.Properties.ReasonString = code.Reason
+		var buf bytes.Buffer
+		if pk.DisconnectEncode(&buf) == nil {
+			_ = s.conn.SetWriteDeadline(time.Now().Add(time.Second))
+			_, _ = s.conn.Write(buf.Bytes())
+		}
+		s.wmu.Unlock()
 	}
 	_ = s.conn.Close()
-}
-
-// dropSubscriptions removes every subscription of a quarantined session
-// other than its own cmd topic.
-func (g *Gateway) dropSubscriptions(s *session) {
-	cl := s.mqttClient()
-	if cl == nil {
-		return
-	}
-	keep := protocol.Topic(s.deviceID, protocol.Cmd)
-	for filter := range cl.State.Subscriptions.GetAll() {
-		if filter == keep {
-			continue
-		}
-		g.mq.Topics.Unsubscribe(filter, cl.ID)
-		cl.State.Subscriptions.Delete(filter)
-	}
 }
 
 // ---- sessions
@@ -461,15 +424,6 @@ func (g *Gateway) sessionsOf(deviceID string) []*session {
 		out = append(out, s)
 	}
 	return out
-}
-
-func (g *Gateway) sessionOf(cl *mqtt.Client) *session {
-	if cl == nil || cl.Net.Conn == nil {
-		return nil
-	}
-	g.mu.RLock()
-	defer g.mu.RUnlock()
-	return g.byConn[cl.Net.Conn]
 }
 
 // ---- violations
@@ -621,35 +575,3 @@ func (g *Gateway) Stats() Stats {
 	}
 	return s
 }
-
-// ---- logging
-
-// quietHandler passes mochi's errors to our log, without the packets mochi
-// attaches to them: a packet carries a device's payload, which may be
-// patient data. mochi's per-packet warnings, and the error it logs for
-// each publish our hook refuses, are left out: the gateway counts and
-// records those itself, and a hostile device must not flood the log.
-type quietHandler struct{ h slog.Handler }
-
-func (q quietHandler) Enabled(ctx context.Context, l slog.Level) bool {
-	return l >= slog.LevelError && q.h.Enabled(ctx, l)
-}
-
-func (q quietHandler) Handle(ctx context.Context, r slog.Record) error {
-	if r.Message == "publish packet error" {
-		return nil
-	}
-	out := slog.NewRecord(r.Time, r.Level, r.Message, r.PC)
-	r.Attrs(func(a slog.Attr) bool {
-		switch a.Key {
-		case "pk", "packet", "will":
-		default:
-			out.AddAttrs(a)
-		}
-		return true
-	})
-	return q.h.Handle(ctx, out)
-}
-
-func (q quietHandler) WithAttrs(as []slog.Attr) slog.Handler { return quietHandler{q.h.WithAttrs(as)} }
-func (q quietHandler) WithGroup(n string) slog.Handler       { return quietHandler{q.h.WithGroup(n)} }

@@ -6,22 +6,12 @@ package gateway
 //
 // # When the device gets its PUBACK
 //
-// mochi-mqtt v2.7.9 server.go, (*Server).processPublish: the hooks'
-// OnPublish runs at line 913 and the PUBACK is built and written at lines
-// 942–952, after it, in the same goroutine (the connection's read loop).
-// Ingest.OnPublish publishes to JetStream and waits for the stream's ack
-// before returning, so a QoS 1 PUBACK is only ever written for a message
-// that the stream has stored. An error from OnPublish is mapped at lines
-// 914–926:
+// The connection's goroutine handles its packets one at a time (broker.go):
+// it calls Ingest.Publish, which stores the message and waits for the
+// stream's ack, and writes the PUBACK only after it returns, so a QoS 1
+// PUBACK is only ever written for a message that the stream has stored.
 //
-//   - packets.ErrRejectPacket: nothing is sent, the message is dropped;
-//   - packets.CodeSuccessIgnore: PUBACK success, the message is dropped;
-//   - a bare packets.Code (not wrapped: mochi type-asserts it), on an MQTT 5
-//     connection at QoS > 0: a PUBACK with that reason code;
-//   - anything else, or a Code on MQTT 3.1.1 or at QoS 0, falls through and
-//     the message is acknowledged and forwarded as if accepted (a trap).
-//
-// So Ingest refuses as follows. A payload that is not a v1 JSON object
+// Ingest refuses as follows. A payload that is not a v1 JSON object
 // (protocol.CheckPayload): MQTT 5 QoS 1 gets PUBACK 0x99 "payload format
 // invalid"; MQTT 3.1.1 and QoS 0 are acknowledged and dropped (3.1.1 has
 // no way to refuse, and withholding the PUBACK would make the device resend
@@ -101,7 +91,6 @@ import (
 	"time"
 	"unicode/utf8"
 
-	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -172,11 +161,10 @@ type IngestStats struct {
 	StateUpdates uint64 `json:"state_updates"` // last known states written
 }
 
-// Ingest is the mochi hook that stores device messages, and the consumer
+// Ingest stores the messages devices publish (Publish), and is the consumer
 // that keeps the registry's last state and last seen. Add it to the
 // gateway with AddHook before Run.
 type Ingest struct {
-	mqtt.HookBase
 	js   jetstream.JetStream
 	cfg  IngestConfig
 	node []string // the Ward-Node header's value
@@ -254,9 +242,6 @@ func NewIngest(ctx context.Context, cfg IngestConfig) (*Ingest, error) {
 // ID names the hook.
 func (in *Ingest) ID() string { return "ward-ingest" }
 
-// Provides says which hook methods Ingest implements.
-func (in *Ingest) Provides(b byte) bool { return b == mqtt.OnPublish }
-
 // Stats returns the counters.
 func (in *Ingest) Stats() IngestStats {
 	return IngestStats{
@@ -298,46 +283,37 @@ func CheckDevicePayload(b []byte) error {
 	return protocol.CheckPayload(b)
 }
 
-// ingestRefusal returns the OnPublish error that refuses pk with code where the
-// protocol can say so, and otherwise acknowledges and drops it.
-func ingestRefusal(cl *mqtt.Client, pk packets.Packet, code packets.Code) error {
-	if pk.FixedHeader.Qos > 0 && cl.Properties.ProtocolVersion == 5 {
-		return code // bare Code: processPublish type-asserts it
-	}
-	return packets.CodeSuccessIgnore
-}
-
-// OnPublish stores a device's message in the stream and returns only when
-// the stream has acknowledged it; see the file comment for refusals.
-func (in *Ingest) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
-	if cl.Net.Inline {
-		return pk, nil // the server's own messages (commands), not a device's
-	}
+// Publish stores a device's message in the stream and returns only when
+// the stream has stored it, with the reason code of its PUBACK (QoS 1):
+// success, or why it was refused. MQTT 3.1.1 and QoS 0 cannot be refused:
+// a message that is not valid is acknowledged and dropped; one the stream
+// did not store closes a 3.1.1 connection (err), so the device resends it.
+// topic is the device's own (the gateway checked).
+func (in *Ingest) Publish(deviceID string, version byte, pk packets.Packet) (packets.Code, error) {
 	id, kind, err := protocol.ParseTopic(pk.TopicName)
-	if err != nil || id != cl.ID || !kind.Publishable() {
+	if err != nil || id != deviceID || !kind.Publishable() {
 		in.unauthorized.Add(1)
-		return pk, ingestRefusal(cl, pk, packets.ErrNotAuthorized)
+		return packets.ErrNotAuthorized, nil
 	}
 	if err := CheckDevicePayload(pk.Payload); err != nil {
 		in.invalid.Add(1)
 		in.log.Info("device payload refused", "device", id, "kind", kind, "bytes", len(pk.Payload), "err", err)
-		return pk, ingestRefusal(cl, pk, packets.Code{Code: packets.ErrPayloadFormatInvalid.Code, Reason: err.Error()})
+		if version < 5 {
+			return packets.CodeSuccess, nil
+		}
+		return packets.Code{Code: packets.ErrPayloadFormatInvalid.Code, Reason: err.Error()}, nil
 	}
 	at := in.cfg.Now().UTC()
 	dup, err := in.store(pk, id, kind, at)
 	if err != nil {
 		in.failed.Add(1)
 		in.log.Error("device message not stored", "device", id, "kind", kind, "qos", pk.FixedHeader.Qos, "err", err)
-		if pk.FixedHeader.Qos > 0 && cl.Properties.ProtocolVersion < 5 {
+		if pk.FixedHeader.Qos > 0 && version < 5 {
 			// MQTT 3.1.1 cannot refuse a PUBLISH: withhold the PUBACK and
 			// close the connection; the client resends after reconnecting.
-			cl.Stop(errIngestNotStored)
-			return pk, packets.ErrRejectPacket
+			return packets.Code{}, errIngestNotStored
 		}
-		if pk.FixedHeader.Qos == 0 {
-			return pk, packets.ErrRejectPacket
-		}
-		return pk, packets.Code{Code: packets.ErrUnspecifiedError.Code, Reason: "message not stored, send it again"}
+		return packets.Code{Code: packets.ErrUnspecifiedError.Code, Reason: "message not stored, send it again"}, nil
 	}
 	if dup {
 		in.duplicates.Add(1)
@@ -351,7 +327,7 @@ func (in *Ingest) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet,
 		}
 		in.seenMu.Unlock()
 	}
-	return pk, nil
+	return packets.CodeSuccess, nil
 }
 
 var errIngestNotStored = errors.New("gateway: message not stored")

@@ -6,7 +6,6 @@ import (
 	"sync/atomic"
 	"testing"
 
-	mqtt "github.com/mochi-mqtt/server/v2"
 	mpackets "github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/wardhq/ward/internal/bus"
@@ -14,14 +13,14 @@ import (
 	"github.com/wardhq/ward/protocol"
 )
 
-// BenchmarkIngestOnPublish measures the store path of a QoS 1 telemetry
+// BenchmarkIngestPublish measures the store path of a QoS 1 telemetry
 // message alone (payload check, JetStream publish, wait for the stream's
 // ack), without TLS and MQTT: what every PUBACK waits for. The parallel
 // case has 128 devices publishing at once, one message in flight each,
 // as in the gateway benchmark (bench/README.md).
 //
-//	go test -run='^$' -bench=IngestOnPublish -benchmem ./internal/gateway/
-func BenchmarkIngestOnPublish(b *testing.B) {
+//	go test -run='^$' -bench=IngestPublish -benchmem ./internal/gateway/
+func BenchmarkIngestPublish(b *testing.B) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	bs, err := bus.Open(bus.Config{Dir: filepath.Join(b.TempDir(), "bus"), Name: "bench"})
@@ -34,24 +33,19 @@ func BenchmarkIngestOnPublish(b *testing.B) {
 		b.Fatal(err)
 	}
 	payload := []byte(`{"v":1,"seq":1,"rate_ml_h":125.0,"vi_ml":412.5,"battery":87,"state":"infusing","drug":"heparin"}`)
-	newClient := func(n int) *mqtt.Client {
-		cl := &mqtt.Client{ID: benchDeviceID(n)}
-		cl.Properties.ProtocolVersion = 5
-		return cl
-	}
-	publish := func(b *testing.B, cl *mqtt.Client, topic string, pid uint16) {
+	publish := func(b *testing.B, id, topic string, pid uint16) {
 		pk := mpackets.Packet{TopicName: topic, Payload: payload, PacketID: pid,
 			FixedHeader: mpackets.FixedHeader{Type: mpackets.Publish, Qos: 1}}
-		if _, err := in.OnPublish(cl, pk); err != nil {
-			b.Fatal(err)
+		if code, err := in.Publish(id, 5, pk); err != nil || code.Code != 0 {
+			b.Fatal(code, err)
 		}
 	}
 	b.Run("serial", func(b *testing.B) {
-		cl := newClient(0)
-		topic := protocol.Topic(cl.ID, protocol.Telemetry)
+		id := benchDeviceID(0)
+		topic := protocol.Topic(id, protocol.Telemetry)
 		b.ReportAllocs()
 		for i := range b.N {
-			publish(b, cl, topic, uint16(i))
+			publish(b, id, topic, uint16(i))
 		}
 	})
 	b.Run("parallel-128", func(b *testing.B) {
@@ -59,12 +53,12 @@ func BenchmarkIngestOnPublish(b *testing.B) {
 		b.SetParallelism(64)
 		b.ReportAllocs()
 		b.RunParallel(func(pb *testing.PB) {
-			cl := newClient(int(next.Add(1)))
-			topic := protocol.Topic(cl.ID, protocol.Telemetry)
+			id := benchDeviceID(int(next.Add(1)))
+			topic := protocol.Topic(id, protocol.Telemetry)
 			var pid uint16
 			for pb.Next() {
 				pid++
-				publish(b, cl, topic, pid)
+				publish(b, id, topic, pid)
 			}
 		})
 	})

@@ -100,10 +100,10 @@ func newIngRig(t *testing.T, st *store.Store) *ingRig {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := gw.AddHook(in, nil); err != nil {
+	if err := gw.AddHook(in); err != nil {
 		t.Fatal(err)
 	}
-	if err := gw.AddHook(cmds, nil); err != nil {
+	if err := gw.AddHook(cmds); err != nil {
 		t.Fatal(err)
 	}
 	var wg sync.WaitGroup

@@ -5,63 +5,50 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/mochi-mqtt/server/v2/listeners"
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/wardhq/ward/internal/fleet"
 	"github.com/wardhq/ward/internal/pki"
 )
 
-// listener is the gateway's own mochi listener: it checks the source
-// rate and the connection count before the TLS handshake, runs the
-// handshake itself (so every refusal is recorded with its address), checks
-// the device's connection rate, then hands the connection to mochi and
-// records how it ended.
+// listener accepts device connections: it checks the source rate and the
+// connection count before the TLS handshake, runs the handshake (so every
+// refusal is recorded with its address), checks the device's connection
+// rate, then serves the MQTT session and records how it ended.
 type listener struct {
 	g      *Gateway
 	ln     net.Listener
 	wg     sync.WaitGroup
 	active atomic.Int64
 	end    atomic.Bool
-	mu     sync.Mutex
 }
 
-var _ listeners.Listener = (*listener)(nil)
-
-const listenerID = "ward-mqtts"
-
-func (l *listener) ID() string              { return listenerID }
-func (l *listener) Address() string         { return l.ln.Addr().String() }
-func (l *listener) Protocol() string        { return "mqtts" }
-func (l *listener) Init(*slog.Logger) error { return nil }
-func (l *listener) Close(closeFn listeners.CloseFn) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.end.CompareAndSwap(false, true) {
-		_ = l.ln.Close()
-		closeFn(l.id())
-		// Connections still in their handshake or before CONNECT.
-		l.g.mu.Lock()
-		for c, s := range l.g.byConn {
-			if s.mqttClient() == nil {
-				_ = c.Close()
-			}
-		}
-		l.g.mu.Unlock()
+// close stops accepting and ends every connection: sessions with a
+// DISCONNECT 0x8B, connections still in their handshake by closing them.
+func (l *listener) close() {
+	if !l.end.CompareAndSwap(false, true) {
+		return
+	}
+	_ = l.ln.Close()
+	l.g.mu.RLock()
+	all := make([]*session, 0, len(l.g.byConn))
+	for _, s := range l.g.byConn {
+		all = append(all, s)
+	}
+	l.g.mu.RUnlock()
+	for _, s := range all {
+		l.g.kick(s, ReasonServerShutdown, packets.ErrServerShuttingDown)
 	}
 }
 
-func (l *listener) id() string { return listenerID }
-
-// Serve accepts until the listener closes. mochi runs it in a goroutine.
-func (l *listener) Serve(establish listeners.EstablishFn) {
+// accept accepts until the listener closes.
+func (l *listener) accept() {
 	var delay time.Duration
 	for {
 		c, err := l.ln.Accept()
@@ -105,13 +92,12 @@ func (l *listener) Serve(establish listeners.EstablishFn) {
 			// with a small stack: the handshake's deep frames (certificate
 			// verification, ECDSA, the registry lookup) grew this one's,
 			// and a goroutine keeps a grown stack until a garbage
-			// collection finds it mostly unused. An idle device would
-			// otherwise hold 16–32 KiB of stack for hours.
+			// collection finds it mostly unused.
 			l.wg.Add(1)
 			go func() {
 				defer l.wg.Done()
 				defer l.active.Add(-1)
-				l.serve(s, establish)
+				l.serve(s)
 			}()
 		}()
 	}
@@ -223,18 +209,16 @@ func (l *listener) admit(c net.Conn) *session {
 	return s
 }
 
-// serve hands an admitted connection to mochi and records how it ended.
-func (l *listener) serve(s *session, establish listeners.EstablishFn) {
+// serve runs an admitted connection's MQTT session and records how it
+// ended.
+func (l *listener) serve(s *session) {
 	g := l.g
 	defer s.conn.Close()
 	defer g.removeSession(s)
 	if l.end.Load() {
 		return
 	}
-	// CONNECT must come within the handshake timeout; mochi then keeps
-	// the deadline at 1.5 × keepalive.
-	_ = s.conn.SetDeadline(g.now().Add(g.lim.HandshakeTimeout))
-	err := establish(listenerID, s.conn)
+	err := g.serveMQTT(s)
 	g.finish(s, err)
 }
 
@@ -254,14 +238,14 @@ func handshakeFailure(err error) string {
 	return clip(err.Error(), 160)
 }
 
-// finish records how a connection handed to mochi ended.
+// finish records how a connection ended.
 func (g *Gateway) finish(s *session, err error) {
 	now := g.now().UTC()
 	switch s.phase.Load() {
 	case phaseRefused:
 		return
 	case phaseTLS, phaseAdmitted:
-		// No CONNECT, a bad one, or one refused by mochi itself.
+		// No CONNECT, or a bad one.
 		detail := "no valid CONNECT"
 		if err != nil {
 			detail += ": " + disconnectDetail(err)
@@ -279,9 +263,6 @@ func (g *Gateway) finish(s *session, err error) {
 func (g *Gateway) endReason(s *session, err error) (string, string) {
 	if r := s.end(); r != "" {
 		return r, disconnectDetail(err)
-	}
-	if cl := s.mqttClient(); cl != nil && cl.IsTakenOver() {
-		return ReasonTakenOver, ""
 	}
 	if g.closing.Load() {
 		return ReasonServerShutdown, ""

@@ -1,12 +1,12 @@
 package gateway
 
 import (
+	"bufio"
 	"net"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	mqtt "github.com/mochi-mqtt/server/v2"
 	"golang.org/x/time/rate"
 
 	"github.com/wardhq/ward/internal/fleet"
@@ -20,9 +20,9 @@ const (
 	phaseOpen                  // session established, history row opened
 )
 
-// session is what the gateway knows of one device connection, from the
-// TLS handshake to its end. It is found by its net.Conn from mochi's
-// hooks and by device id from orders.
+// session is one device connection, from the TLS handshake to its end: what
+// the gateway knows of it, and its MQTT state. It is found by device id
+// from orders and commands.
 type session struct {
 	conn       net.Conn
 	deviceID   string
@@ -40,8 +40,23 @@ type session struct {
 	refusals    atomic.Int64
 	overRate    atomic.Int64 // messages refused in a row for the rate
 
+	// MQTT: set by the connection's goroutine before phaseAdmitted,
+	// read-only after.
+	br        *bufio.Reader
+	version   byte   // 4 (3.1.1) or 5
+	keepalive uint16 // seconds
+	maxPacket uint32 // the device's maximum packet size, 0 if none
+	sendQuota int    // QoS 1 messages the device takes unacknowledged
+	expiry    uint32 // session expiry, seconds (changed by DISCONNECT)
+
+	wmu sync.Mutex // one packet written at a time
+
+	omu      sync.Mutex // guards what Ward sends the device
+	sub      byte       // 0, or 1 + the QoS granted on the cmd topic
+	inflight map[uint16]struct{}
+	nextID   uint16
+
 	mu            sync.Mutex
-	client        *mqtt.Client
 	mqttVersion   byte
 	clientVersion string
 	ordered       fleet.State // last order received for the device, if any
@@ -49,12 +64,6 @@ type session struct {
 	rowID         string
 	connectedAt   time.Time
 	msgLim        *rate.Limiter
-}
-
-func (s *session) mqttClient() *mqtt.Client {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.client
 }
 
 func (s *session) order(st fleet.State) {

@@ -39,7 +39,7 @@ func (s *Server) openGateway(ctx context.Context, al *audit.Log, now func() time
 	}); err != nil {
 		return err
 	}
-	if err := s.gateway.AddHook(s.ingest, nil); err != nil {
+	if err := s.gateway.AddHook(s.ingest); err != nil {
 		return err
 	}
 	if s.commands, err = gateway.NewCommands(gateway.CommandsConfig{
@@ -48,5 +48,5 @@ func (s *Server) openGateway(ctx context.Context, al *audit.Log, now func() time
 	}); err != nil {
 		return err
 	}
-	return s.gateway.AddHook(s.commands, nil)
+	return s.gateway.AddHook(s.commands)
 }

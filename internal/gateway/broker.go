@@ -130,10 +130,20 @@ func (s *session) write(pk packets.Packet) error {
 	if s.maxPacket > 0 && uint32(buf.Len()) > s.maxPacket {
 		return packets.ErrPacketTooLarge
 	}
+	return s.writeRaw(buf.Bytes())
+}
+
+// writeRaw writes an encoded packet. The write deadline is moved at most
+// once a second (moving it is a timer update): a write may so have between
+// writeTimeout - 1 s and writeTimeout.
+func (s *session) writeRaw(b []byte) error {
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
-	_ = s.conn.SetWriteDeadline(time.Now().Add(writeTimeout))
-	_, err = s.conn.Write(buf.Bytes())
+	if now := time.Now(); now.Sub(s.wdeadlineSet) > time.Second {
+		_ = s.conn.SetWriteDeadline(now.Add(writeTimeout))
+		s.wdeadlineSet = now
+	}
+	_, err := s.conn.Write(b)
 	return err
 }
 
@@ -181,9 +191,17 @@ func (g *Gateway) serveMQTT(s *session) error {
 		return err
 	}
 	defer g.closed(s)
+	// The read deadline is 1.5 × keepalive after the last packet, moved
+	// at most once a second or a quarter of it (moving it is a timer
+	// update).
 	keep := time.Duration(s.keepalive) * time.Second * 3 / 2
+	every := min(time.Second, keep/4)
+	var moved time.Time
 	for {
-		_ = s.conn.SetReadDeadline(time.Now().Add(keep))
+		if now := time.Now(); now.Sub(moved) > every {
+			_ = s.conn.SetReadDeadline(now.Add(keep))
+			moved = now
+		}
 		fh, err := s.readFixedHeader(maxPacket)
 		if err == nil {
 			pk, err = s.readPacket(fh)
@@ -469,18 +487,20 @@ func (g *Gateway) publish(s *session, pk packets.Packet) error {
 		return refuse(packets.ErrMessageRateTooHigh, ViolationMsgRate, "message rate too high")
 	}
 	s.overRate.Store(0)
-	if g.ingest == nil { // a gateway without ingest (tests): taken and dropped
-		if pk.FixedHeader.Qos > 0 {
-			return s.write(ack(packets.Puback, pk.PacketID, packets.CodeSuccess))
+	code := packets.CodeSuccess
+	if g.ingest != nil { // without ingest (tests), a message is taken and dropped
+		var err error
+		if code, err = g.ingest.Publish(s.deviceID, s.version, pk); err != nil {
+			return err
 		}
-		return nil
 	}
-	code, err := g.ingest.Publish(s.deviceID, s.version, pk)
-	if err != nil {
-		return err
-	}
-	if pk.FixedHeader.Qos == 0 {
+	switch {
+	case pk.FixedHeader.Qos == 0:
 		return nil
+	case code.Code < packets.ErrUnspecifiedError.Code:
+		// The common case, written without the general encoder: a
+		// success PUBACK is the same 4 bytes in MQTT 3.1.1 and 5.
+		return s.writeRaw([]byte{packets.Puback << 4, 2, byte(pk.PacketID >> 8), byte(pk.PacketID)})
 	}
 	return s.write(ack(packets.Puback, pk.PacketID, code))
 }

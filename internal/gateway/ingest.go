@@ -270,8 +270,12 @@ func ParseDeviceSubject(subject string) (deviceID string, k protocol.Kind, ok bo
 
 // MsgID is the stream's deduplication id of a QoS 1 message.
 func MsgID(deviceID string, packetID uint16, payload []byte) string {
-	h := sha256.Sum256(payload)
-	return deviceID + "-" + strconv.Itoa(int(packetID)) + "-" + hex.EncodeToString(h[:12])
+	return msgIDOf(deviceID, dedupKey(packetID, payload))
+}
+
+// msgIDOf is MsgID from the message's deduplication key.
+func msgIDOf(deviceID string, k [14]byte) string {
+	return deviceID + "-" + strconv.Itoa(int(binary.BigEndian.Uint16(k[:2]))) + "-" + hex.EncodeToString(k[2:])
 }
 
 // CheckDevicePayload is protocol.CheckPayload plus the UTF-8 check the
@@ -347,9 +351,9 @@ func (in *Ingest) store(pk packets.Packet, id string, kind protocol.Kind, now ti
 		case seen:
 			// A new message that reuses a packet id for the same bytes
 			// within the window: not a redelivery, a unique id.
-			msgID = MsgID(id, pk.PacketID, pk.Payload) + "-" + strconv.FormatInt(now.UnixNano(), 36)
+			msgID = msgIDOf(id, key) + "-" + strconv.FormatInt(now.UnixNano(), 36)
 		default:
-			msgID = MsgID(id, pk.PacketID, pk.Payload)
+			msgID = msgIDOf(id, key)
 		}
 		defer func() {
 			if err == nil {

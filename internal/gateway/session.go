@@ -49,7 +49,8 @@ type session struct {
 	sendQuota int    // QoS 1 messages the device takes unacknowledged
 	expiry    uint32 // session expiry, seconds (changed by DISCONNECT)
 
-	wmu sync.Mutex // one packet written at a time
+	wmu          sync.Mutex // one packet written at a time
+	wdeadlineSet time.Time  // when the write deadline was last moved (under wmu)
 
 	omu      sync.Mutex // guards what Ward sends the device
 	sub      byte       // 0, or 1 + the QoS granted on the cmd topic

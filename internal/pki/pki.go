@@ -258,6 +258,10 @@ type Authority struct {
 	rand     io.Reader
 	roots    *x509.CertPool
 	inter    *x509.CertPool
+	// devRoots anchors device certificates at the issuing CA: its
+	// signature by the root is checked once, in Open, not at every
+	// handshake (an ECDSA verification each).
+	devRoots *x509.CertPool
 }
 
 // Open loads the CA in cfg.Dir and decrypts the issuing key. It checks that
@@ -306,9 +310,11 @@ func Open(cfg Config) (*Authority, error) {
 		rand:     randReader(cfg.Rand),
 		roots:    x509.NewCertPool(),
 		inter:    x509.NewCertPool(),
+		devRoots: x509.NewCertPool(),
 	}
 	a.roots.AddCert(root)
 	a.inter.AddCert(issuer)
+	a.devRoots.AddCert(issuer)
 	return a, nil
 }
 
@@ -465,11 +471,12 @@ func (a *Authority) VerifyDevice(leaf *x509.Certificate, intermediates []*x509.C
 		return "", fmt.Errorf("pki: verify device: no certificate: %w", ErrUntrusted)
 	}
 	now := a.now()
+	// The chain is leaf → issuing CA, which Open checked against the root;
+	// x509 checks the issuing CA's validity, usages and constraints here.
 	opts := x509.VerifyOptions{
-		Roots:         a.roots,
-		Intermediates: a.inter,
-		CurrentTime:   now,
-		KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+		Roots:       a.devRoots,
+		CurrentTime: now,
+		KeyUsages:   []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
 	}
 	if _, err := leaf.Verify(opts); err != nil {
 		var inv x509.CertificateInvalidError
@@ -490,6 +497,9 @@ func (a *Authority) VerifyDevice(leaf *x509.Certificate, intermediates []*x509.C
 			}
 		}
 		return "", fmt.Errorf("pki: verify device: %w: %w", ErrUntrusted, err)
+	}
+	if now.After(a.root.NotAfter) || now.Before(a.root.NotBefore) {
+		return "", fmt.Errorf("pki: verify device: root CA not valid at %s: %w", now.UTC().Format(time.RFC3339), ErrUntrusted)
 	}
 	if leaf.IsCA || !slices.Contains(leaf.ExtKeyUsage, x509.ExtKeyUsageClientAuth) {
 		return "", fmt.Errorf("pki: verify device: no client authentication usage: %w", ErrNotDeviceCert)

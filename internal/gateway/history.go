@@ -168,6 +168,9 @@ func (h *History) Flush(ctx context.Context) {
 	}
 }
 
+// historyLinger is how long the writer gathers rows before a commit.
+const historyLinger = 100 * time.Millisecond
+
 // Run writes queued rows until ctx ends, then writes what is left.
 func (h *History) Run(ctx context.Context) error {
 	h.running.Store(true)
@@ -196,16 +199,21 @@ func (h *History) Run(ctx context.Context) error {
 			h.cleanup(ctx)
 		case op := <-h.ops:
 			batch = append(batch[:0], op)
-			// Take what else is waiting, without waiting for more.
+			// Gather what comes within historyLinger (one flushed commit
+			// for many connections during a storm); a Flush writes at once.
+			linger := time.NewTimer(historyLinger)
 		more:
-			for len(batch) < cap(batch) {
+			for len(batch) < cap(batch) && op.flush == nil {
 				select {
-				case op := <-h.ops:
+				case op = <-h.ops:
 					batch = append(batch, op)
-				default:
+				case <-linger.C:
+					break more
+				case <-ctx.Done():
 					break more
 				}
 			}
+			linger.Stop()
 			h.write(batch)
 			batch = batch[:0]
 		}

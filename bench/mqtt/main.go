@@ -32,7 +32,9 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"reflect"
 	"runtime"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -50,6 +52,8 @@ type options struct {
 
 	connectDuration time.Duration
 	connectWorkers  int
+
+	rounds int
 
 	publishers      int
 	publishDuration time.Duration
@@ -76,6 +80,7 @@ func main() {
 	flag.DurationVar(&o.publishDuration, "publish-duration", 15*time.Second, "publish: measured window")
 	flag.DurationVar(&o.warmup, "warmup", 3*time.Second, "publish: warm-up before the window")
 	flag.IntVar(&o.payload, "payload", 128, "publish: bytes per message")
+	flag.IntVar(&o.rounds, "rounds", 1, "measure each broker this many times, alternating which goes first, and report each round and the medians")
 	flag.Parse()
 	log.SetFlags(log.Ltime)
 	log.SetPrefix("bench/mqtt: ")
@@ -85,7 +90,118 @@ func main() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	report(os.Stdout, o, rs)
+	if o.rounds <= 1 {
+		report(os.Stdout, o, rs)
+		return
+	}
+	rounds(os.Stdout, o, rs)
+	fmt.Printf("\nMedians of %d rounds:\n", o.rounds)
+	report(os.Stdout, o, []figures{median(rs, "ward"), median(rs, "mosquitto")})
+}
+
+// rounds prints the main figures of each round and their ratios.
+func rounds(w io.Writer, o options, rs []figures) {
+	fmt.Fprintf(w, "\n%d cores, %s, %s\n\n", runtime.NumCPU(), runtime.Version(), time.Now().Format(time.DateOnly))
+	type col struct {
+		name string
+		v    func(*figures) float64
+		show string
+	}
+	var cols []col
+	if has(o.figures, "connect") {
+		cols = append(cols, col{"mTLS connects/s", func(f *figures) float64 { return f.ConnectRate }, "%.0f"})
+	}
+	if has(o.figures, "hold") {
+		cols = append(cols, col{"KiB per held connection", func(f *figures) float64 { return f.KiBPerConn }, "%.1f"})
+	}
+	if has(o.figures, "publish") {
+		cols = append(cols, col{"QoS 1 msg/s", func(f *figures) float64 { return f.PublishRate }, "%.0f"},
+			col{"broker µs per message", func(f *figures) float64 { return f.PublishCPUUs }, "%.1f"})
+	}
+	fmt.Fprint(w, "| round | first |")
+	for _, c := range cols {
+		fmt.Fprintf(w, " %s: Ward | Mosquitto | ratio |", c.name)
+	}
+	fmt.Fprint(w, "\n|---|---|")
+	for range cols {
+		fmt.Fprint(w, "---|---|---|")
+	}
+	fmt.Fprintln(w)
+	for r := 1; r <= o.rounds; r++ {
+		var ward, mosq *figures
+		first := ""
+		for i := range rs {
+			if rs[i].Round != r {
+				continue
+			}
+			if first == "" {
+				first = rs[i].Broker
+			}
+			switch rs[i].Broker {
+			case "ward":
+				ward = &rs[i]
+			case "mosquitto":
+				mosq = &rs[i]
+			}
+		}
+		fmt.Fprintf(w, "| %d | %s |", r, first)
+		for _, c := range cols {
+			cell := func(f *figures) string {
+				if f == nil {
+					return "—"
+				}
+				return fmt.Sprintf(c.show, c.v(f))
+			}
+			ratio := "—"
+			if ward != nil && mosq != nil && c.v(mosq) != 0 {
+				ratio = fmt.Sprintf("%.2f×", c.v(ward)/c.v(mosq))
+			}
+			fmt.Fprintf(w, " %s | %s | %s |", cell(ward), cell(mosq), ratio)
+		}
+		fmt.Fprintln(w)
+	}
+}
+
+// median returns the broker's figures with each number the median of its
+// rounds (first errors are the first round's).
+func median(rs []figures, broker string) figures {
+	var mine []figures
+	for _, f := range rs {
+		if f.Broker == broker {
+			mine = append(mine, f)
+		}
+	}
+	if len(mine) == 0 {
+		return figures{}
+	}
+	out := mine[0]
+	ov := reflect.ValueOf(&out).Elem()
+	for i := range ov.NumField() {
+		fv := ov.Field(i)
+		switch fv.Kind() {
+		case reflect.Float64, reflect.Int64, reflect.Int:
+			vals := make([]float64, len(mine))
+			for j := range mine {
+				x := reflect.ValueOf(mine[j]).Field(i)
+				if x.Kind() == reflect.Float64 {
+					vals[j] = x.Float()
+				} else {
+					vals[j] = float64(x.Int())
+				}
+			}
+			slices.Sort(vals)
+			m := vals[len(vals)/2]
+			if len(vals)%2 == 0 {
+				m = (vals[len(vals)/2-1] + vals[len(vals)/2]) / 2
+			}
+			if fv.Kind() == reflect.Float64 {
+				fv.SetFloat(m)
+			} else {
+				fv.SetInt(int64(m))
+			}
+		}
+	}
+	return out
 }
 
 func has(list, item string) bool {
@@ -123,33 +239,31 @@ func run(ctx context.Context, o options) ([]figures, error) {
 		return nil, err
 	}
 	h := &harness{o: o, loadBin: loadBin, devices: devices, logDir: o.cache}
-	var results []figures
-	if has(o.brokers, "ward") && node.mqttErr != nil {
-		log.Printf("ward: not measured: %v", node.mqttErr)
-	} else if has(o.brokers, "ward") {
-		f, err := h.measure(ctx, &node.broker)
-		if err != nil {
-			return nil, fmt.Errorf("ward: %w", err)
-		}
-		results = append(results, f)
-	}
 	if err := node.stop(); err != nil {
 		log.Print(err)
 	}
-	if has(o.brokers, "mosquitto") {
-		log.Printf("starting %s", o.mosquitto)
-		m, err := startMosquitto(ctx, o.mosquitto, filepath.Join(o.cache, "mosquitto"), node.ca)
-		if err != nil {
-			return nil, err
+	// The machine's speed drifts (it is shared): with several rounds, the
+	// brokers take turns going first, so a drift does not favour either.
+	var results []figures
+	for round := 1; round <= max(o.rounds, 1); round++ {
+		order := []string{"ward", "mosquitto"}
+		if round%2 == 0 {
+			order = []string{"mosquitto", "ward"}
 		}
-		f, err := h.measure(ctx, m)
-		if serr := m.stop(); serr != nil {
-			log.Print(serr)
+		for _, b := range order {
+			if !has(o.brokers, b) {
+				continue
+			}
+			if o.rounds > 1 {
+				log.Printf("round %d of %d: %s", round, o.rounds, b)
+			}
+			f, err := h.measureOne(ctx, b, wardBin, node.ca)
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", b, err)
+			}
+			f.Round = round
+			results = append(results, f)
 		}
-		if err != nil {
-			return nil, fmt.Errorf("mosquitto: %w", err)
-		}
-		results = append(results, f)
 	}
 	b, _ := json.MarshalIndent(results, "", "  ")
 	out := filepath.Join(o.cache, "results-"+time.Now().Format("20060102-150405")+".json")
@@ -158,6 +272,35 @@ func run(ctx context.Context, o options) ([]figures, error) {
 	}
 	log.Printf("results in %s", out)
 	return results, nil
+}
+
+// measureOne starts broker b, measures it and stops it.
+func (h *harness) measureOne(ctx context.Context, b, wardBin string, ca wardCA) (figures, error) {
+	if b == "ward" {
+		node, err := startWard(ctx, wardBin, h.o.cache)
+		if err != nil {
+			return figures{}, err
+		}
+		if node.mqttErr != nil {
+			_ = node.stop()
+			return figures{}, fmt.Errorf("not measured: %w", node.mqttErr)
+		}
+		f, err := h.measure(ctx, &node.broker)
+		if serr := node.stop(); serr != nil {
+			log.Print(serr)
+		}
+		return f, err
+	}
+	log.Printf("starting %s", h.o.mosquitto)
+	m, err := startMosquitto(ctx, h.o.mosquitto, filepath.Join(h.o.cache, "mosquitto"), ca)
+	if err != nil {
+		return figures{}, err
+	}
+	f, err := h.measure(ctx, m)
+	if serr := m.stop(); serr != nil {
+		log.Print(serr)
+	}
+	return f, err
 }
 
 type harness struct {
@@ -170,6 +313,7 @@ type harness struct {
 // figures is what one broker measured.
 type figures struct {
 	Broker string `json:"broker"`
+	Round  int    `json:"round"`
 
 	// hold
 	Held           int64   `json:"held,omitempty"`

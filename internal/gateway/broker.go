@@ -21,6 +21,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"sync"
 	"time"
 
@@ -65,14 +66,29 @@ func (s *session) readFixedHeader(maxPacket int) (packets.FixedHeader, error) {
 	return fh, nil
 }
 
-// readPacket reads and decodes the rest of a packet.
-func (s *session) readPacket(fh packets.FixedHeader) (packets.Packet, error) {
-	pk := packets.Packet{FixedHeader: fh, ProtocolVersion: s.version}
-	buf := make([]byte, fh.Remaining)
-	if _, err := io.ReadFull(s.br, buf); err != nil {
-		return pk, err
+// packetBufs holds the buffers small PUBLISH packets are read into: a
+// payload is used (stored, hashed, checked) before the next packet is read,
+// and never kept.
+var packetBufs = sync.Pool{New: func() any { b := make([]byte, pooledPacket); return &b }}
+
+const pooledPacket = 2048
+
+// readPacket reads and decodes the rest of a packet. A PUBLISH's payload
+// may live in a pooled buffer: release it once the packet is handled.
+func (s *session) readPacket(fh packets.FixedHeader) (pk packets.Packet, release func(), err error) {
+	pk = packets.Packet{FixedHeader: fh, ProtocolVersion: s.version}
+	var buf []byte
+	release = func() {}
+	if fh.Type == packets.Publish && fh.Remaining <= pooledPacket {
+		bp := packetBufs.Get().(*[]byte)
+		buf = (*bp)[:fh.Remaining]
+		release = func() { packetBufs.Put(bp) }
+	} else {
+		buf = make([]byte, fh.Remaining)
 	}
-	var err error
+	if _, err := io.ReadFull(s.br, buf); err != nil {
+		return pk, release, err
+	}
 	switch fh.Type {
 	case packets.Connect:
 		err = pk.ConnectDecode(buf)
@@ -94,7 +110,7 @@ func (s *session) readPacket(fh packets.FixedHeader) (packets.Packet, error) {
 		// server sends.
 		err = fmt.Errorf("%w: packet type %d", packets.ErrProtocolViolation, fh.Type)
 	}
-	return pk, err
+	return pk, release, err
 }
 
 // write encodes pk for the device and writes it. A packet larger than the
@@ -183,7 +199,7 @@ func (g *Gateway) serveMQTT(s *session) error {
 	if fh.Type != packets.Connect {
 		return packets.ErrProtocolViolationRequireFirstConnect
 	}
-	pk, err := s.readPacket(fh)
+	pk, _, err := s.readPacket(fh)
 	if err != nil {
 		return err
 	}
@@ -204,10 +220,12 @@ func (g *Gateway) serveMQTT(s *session) error {
 		}
 		fh, err := s.readFixedHeader(maxPacket)
 		if err == nil {
-			pk, err = s.readPacket(fh)
-		}
-		if err == nil {
-			err = g.handle(s, pk)
+			var release func()
+			pk, release, err = s.readPacket(fh)
+			if err == nil {
+				err = g.handle(s, pk)
+			}
+			release()
 		}
 		if err != nil {
 			if errors.Is(err, errClientDisconnect) {
@@ -233,7 +251,7 @@ func (g *Gateway) connect(s *session, pk packets.Packet) error {
 	s.mqttVersion = pk.ProtocolVersion
 	for _, u := range pk.Properties.User {
 		if u.Key == "software_version" {
-			s.clientVersion = clip(u.Val, 128)
+			s.clientVersion = strings.Clone(clip(u.Val, 128)) // not the CONNECT buffer
 		}
 	}
 	s.mu.Unlock()

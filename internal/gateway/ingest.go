@@ -299,6 +299,9 @@ func (in *Ingest) Publish(deviceID string, version byte, pk packets.Packet) (pac
 		in.unauthorized.Add(1)
 		return packets.ErrNotAuthorized, nil
 	}
+	// The session's id from here on: the topic's bytes live in the
+	// packet's read buffer, which is reused once the packet is handled.
+	id = deviceID
 	if err := CheckDevicePayload(pk.Payload); err != nil {
 		in.invalid.Add(1)
 		in.log.Info("device payload refused", "device", id, "kind", kind, "bytes", len(pk.Payload), "err", err)

@@ -339,19 +339,25 @@ func (g *Gateway) connect(s *session, pk packets.Packet) error {
 	s.mu.Unlock()
 	s.phase.Store(phaseAdmitted)
 
-	// Another connection of the device on this node is taken over.
+	// Another connection of the device on this node is taken over; its
+	// session continues on this one unless the device asked for a clean
+	// start.
+	var inherited byte
 	for _, o := range g.sessionsOf(s.deviceID) {
 		if o != s && o.phase.Load() >= phaseAdmitted {
+			o.omu.Lock()
+			inherited = max(inherited, o.sub)
+			o.omu.Unlock()
 			g.kick(o, ReasonTakenOver, packets.ErrSessionTakenOver)
 		}
 	}
 	present := false
 	if pk.Connect.Clean {
 		g.forgetSession(s.deviceID)
-	} else if q, ok := g.resumeSession(s.deviceID); ok {
+	} else if q, ok := g.resumeSession(s.deviceID); ok || inherited != 0 {
 		present = true
 		s.omu.Lock()
-		s.sub = q
+		s.sub = max(q, inherited)
 		s.omu.Unlock()
 	}
 

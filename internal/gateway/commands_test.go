@@ -158,6 +158,25 @@ func TestCommands(t *testing.T) {
 		}
 		wait(t, r.cmds, cmd4.ID, gateway.CommandDelivered)
 
+		// Taken over with clean start off: the new connection continues
+		// the session (session present) and gets commands unsubscribed.
+		tk, tkCert := r.device(t)
+		tkInbox := make(cmdInbox, 4)
+		first := r.client(t, tk, tkCert, 300, tkInbox.handler(t))
+		subscribeCmd(t, first, tk)
+		second := r.clientPresent(t, tk, tkCert, 300, tkInbox.handler(t))
+		if !second {
+			t.Fatal("takeover without clean start: session present is false")
+		}
+		cmd5, err := r.cmds.Send(ctx, tk, []byte("after a takeover"), time.Minute)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m := tkInbox.next(t); m.ID != cmd5.ID {
+			t.Fatalf("after the takeover got %s, want %s", m.ID, cmd5.ID)
+		}
+		wait(t, r.cmds, cmd5.ID, gateway.CommandDelivered)
+
 		// Expiry: a command nobody picks up expires.
 		exp, _ := r.device(t)
 		cmd6, err := r.cmds.Send(ctx, exp, []byte("never"), 200*time.Millisecond)

@@ -169,6 +169,19 @@ func (r *ingRig) dial(t *testing.T, cert tls.Certificate) *tls.Conn {
 // session (clean start false, that expiry in seconds).
 func (r *ingRig) client(t *testing.T, id string, cert tls.Certificate, session uint32, onMsg func(paho.PublishReceived) (bool, error)) *paho.Client {
 	t.Helper()
+	c, _ := r.connect(t, id, cert, session, onMsg)
+	return c
+}
+
+// clientPresent connects like client and reports CONNACK's session present.
+func (r *ingRig) clientPresent(t *testing.T, id string, cert tls.Certificate, session uint32, onMsg func(paho.PublishReceived) (bool, error)) bool {
+	t.Helper()
+	_, present := r.connect(t, id, cert, session, onMsg)
+	return present
+}
+
+func (r *ingRig) connect(t *testing.T, id string, cert tls.Certificate, session uint32, onMsg func(paho.PublishReceived) (bool, error)) (*paho.Client, bool) {
+	t.Helper()
 	cfg := paho.ClientConfig{ClientID: id, Conn: packets.NewThreadSafeConn(r.dial(t, cert))}
 	if onMsg != nil {
 		cfg.OnPublishReceived = []func(paho.PublishReceived) (bool, error){onMsg}
@@ -188,7 +201,7 @@ func (r *ingRig) client(t *testing.T, id string, cert tls.Certificate, session u
 		t.Fatalf("connect %s: reason 0x%02x", id, ca.ReasonCode)
 	}
 	t.Cleanup(func() { c.Disconnect(&paho.Disconnect{}) })
-	return c
+	return c, ca.SessionPresent
 }
 
 func publish(t *testing.T, c *paho.Client, topic string, payload []byte) (*paho.PublishResponse, error) {

@@ -416,12 +416,27 @@ func (r *recorder) add(deviceID string, at time.Time, qos byte, retain bool, msg
 	}
 	p.data = appendMessage(p.data, deviceID, at, qos, retain, msgID, payload)
 	p.n++
-	if !r.running {
-		r.running = true
+	if r.running {
+		r.mu.Unlock()
+		<-p.done
+		return p.err
+	}
+	// No record is being stored: this goroutine stores its own record at
+	// once (a quiet node's every message), and leaves what gathered
+	// meanwhile to a flusher.
+	r.running = true
+	r.queue[0] = nil
+	r.queue = r.queue[1:]
+	r.mu.Unlock()
+	r.store(p)
+	r.mu.Lock()
+	if len(r.queue) > 0 {
 		go r.flush()
+	} else {
+		r.running = false
+		r.queue = nil
 	}
 	r.mu.Unlock()
-	<-p.done
 	return p.err
 }
 
@@ -441,17 +456,22 @@ func (r *recorder) flush() {
 		r.queue[0] = nil
 		r.queue = r.queue[1:]
 		r.mu.Unlock()
-		if waited := time.Since(p.created); waited > r.in.cfg.StoreTimeout {
-			p.err = fmt.Errorf("not stored: waited %s behind earlier records", waited.Round(time.Millisecond))
-		} else {
-			p.err = r.in.publishRecord(r.subject, p)
-		}
-		data := p.data
-		p.data = nil
-		close(p.done)
-		if cap(data) <= 2*maxRecordBytes {
-			recordBufs.Put(&data)
-		}
+		r.store(p)
+	}
+}
+
+// store stores one record and tells its messages' goroutines.
+func (r *recorder) store(p *pendingRecord) {
+	if waited := time.Since(p.created); waited > r.in.cfg.StoreTimeout {
+		p.err = fmt.Errorf("not stored: waited %s behind earlier records", waited.Round(time.Millisecond))
+	} else {
+		p.err = r.in.publishRecord(r.subject, p)
+	}
+	data := p.data
+	p.data = nil
+	close(p.done)
+	if cap(data) <= 2*maxRecordBytes {
+		recordBufs.Put(&data)
 	}
 }
 

@@ -21,6 +21,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"strings"
 	"sync"
 	"time"
@@ -232,8 +233,12 @@ func (g *Gateway) serveMQTT(s *session) error {
 				return nil
 			}
 			var code packets.Code
-			if errors.As(err, &code) && code.Code >= packets.ErrUnspecifiedError.Code {
+			var ne net.Error
+			switch {
+			case errors.As(err, &code) && code.Code >= packets.ErrUnspecifiedError.Code:
 				s.disconnect(code)
+			case errors.As(err, &ne) && ne.Timeout() && s.end() == "":
+				s.disconnect(packets.ErrKeepAliveTimeout)
 			}
 			return err
 		}

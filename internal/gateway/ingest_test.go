@@ -19,6 +19,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -588,4 +589,60 @@ func TestIngestLastState(t *testing.T) {
 			t.Fatalf("state %+v %v", sp, err)
 		}
 	})
+}
+
+// A device that goes silent is cut off after 1.5 × its keepalive, and its
+// history says so; one that pings in time stays.
+func TestKeepaliveTimeout(t *testing.T) {
+	r := newIngRig(t, storetest.Open(t, store.SQLite))
+	connect := func(id string, cert tls.Certificate) *rawMQTT5 {
+		conn := r.dial(t, cert)
+		t.Cleanup(func() { conn.Close() })
+		c := &rawMQTT5{t: t, conn: conn}
+		cp := packets.NewControlPacket(packets.CONNECT)
+		cn := cp.Content.(*packets.Connect)
+		cn.ProtocolName, cn.ProtocolVersion, cn.ClientID, cn.CleanStart, cn.KeepAlive = "MQTT", 5, id, true, 1
+		cn.Properties = &packets.Properties{}
+		c.write(cp)
+		if ack := c.read(); ack.Type != packets.CONNACK || ack.Content.(*packets.Connack).ReasonCode != 0 {
+			t.Fatalf("connect: %v", ack)
+		}
+		return c
+	}
+	silent, silentCert := r.device(t)
+	pinging, pingingCert := r.device(t)
+	s := connect(silent, silentCert)
+	p := connect(pinging, pingingCert)
+	start := time.Now()
+	for time.Since(start) < 3*time.Second {
+		p.write(packets.NewControlPacket(packets.PINGREQ))
+		if resp := p.read(); resp.Type != packets.PINGRESP {
+			t.Fatalf("ping: %v", resp)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	// It was told why (MQTT 5 DISCONNECT 0x8D), then the connection closed.
+	if d := s.read(); d.Type != packets.DISCONNECT || d.Content.(*packets.Disconnect).ReasonCode != 0x8D {
+		t.Fatalf("the silent device got %v, want DISCONNECT 0x8D", d)
+	}
+	_ = s.conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := s.conn.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("the silent device's connection is still open after %s: %v", time.Since(start).Round(time.Millisecond), err)
+	}
+	if !r.gw.Connected(pinging) || r.gw.Connected(silent) {
+		t.Fatalf("connected: pinging %v, silent %v", r.gw.Connected(pinging), r.gw.Connected(silent))
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	r.gw.History().Flush(ctx)
+	rows, err := r.gw.History().List(ctx, silent, 10)
+	if err != nil || len(rows) != 1 || rows[0].Reason != gateway.ReasonKeepaliveTimeout {
+		t.Fatalf("history of the silent device: %+v %v", rows, err)
+	}
+	if rows[0].DurationMS == nil {
+		t.Fatal("no duration recorded")
+	}
+	if d := time.Duration(*rows[0].DurationMS) * time.Millisecond; d < 1400*time.Millisecond || d > 2600*time.Millisecond {
+		t.Fatalf("cut off after %s, want about 1.5 s", d)
+	}
 }

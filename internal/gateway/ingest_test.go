@@ -260,12 +260,18 @@ type rawMQTT5 struct {
 
 func (r *ingRig) raw5(t *testing.T, id string, cert tls.Certificate) *rawMQTT5 {
 	t.Helper()
+	return r.raw5Keepalive(t, id, cert, 30)
+}
+
+// raw5Keepalive is raw5 with the keepalive given, in seconds.
+func (r *ingRig) raw5Keepalive(t *testing.T, id string, cert tls.Certificate, keepalive uint16) *rawMQTT5 {
+	t.Helper()
 	conn := r.dial(t, cert)
 	t.Cleanup(func() { conn.Close() })
 	c := &rawMQTT5{t: t, conn: conn}
 	cp := packets.NewControlPacket(packets.CONNECT)
 	cn := cp.Content.(*packets.Connect)
-	cn.ProtocolName, cn.ProtocolVersion, cn.ClientID, cn.CleanStart, cn.KeepAlive = "MQTT", 5, id, true, 30
+	cn.ProtocolName, cn.ProtocolVersion, cn.ClientID, cn.CleanStart, cn.KeepAlive = "MQTT", 5, id, true, keepalive
 	cn.Properties = &packets.Properties{}
 	c.write(cp)
 	if ack := c.read(); ack.Type != packets.CONNACK || ack.Content.(*packets.Connack).ReasonCode != 0 {
@@ -595,24 +601,10 @@ func TestIngestLastState(t *testing.T) {
 // history says so; one that pings in time stays.
 func TestKeepaliveTimeout(t *testing.T) {
 	r := newIngRig(t, storetest.Open(t, store.SQLite))
-	connect := func(id string, cert tls.Certificate) *rawMQTT5 {
-		conn := r.dial(t, cert)
-		t.Cleanup(func() { conn.Close() })
-		c := &rawMQTT5{t: t, conn: conn}
-		cp := packets.NewControlPacket(packets.CONNECT)
-		cn := cp.Content.(*packets.Connect)
-		cn.ProtocolName, cn.ProtocolVersion, cn.ClientID, cn.CleanStart, cn.KeepAlive = "MQTT", 5, id, true, 1
-		cn.Properties = &packets.Properties{}
-		c.write(cp)
-		if ack := c.read(); ack.Type != packets.CONNACK || ack.Content.(*packets.Connack).ReasonCode != 0 {
-			t.Fatalf("connect: %v", ack)
-		}
-		return c
-	}
 	silent, silentCert := r.device(t)
 	pinging, pingingCert := r.device(t)
-	s := connect(silent, silentCert)
-	p := connect(pinging, pingingCert)
+	s := r.raw5Keepalive(t, silent, silentCert, 1)
+	p := r.raw5Keepalive(t, pinging, pingingCert, 1)
 	start := time.Now()
 	for time.Since(start) < 3*time.Second {
 		p.write(packets.NewControlPacket(packets.PINGREQ))

@@ -156,16 +156,9 @@ const (
 	MaxCommandBody    = 32 << 10 // base64 in a message of at most protocol.MaxPayload
 )
 
-// Sender is what Commands needs of the gateway (*Gateway).
-type Sender interface {
-	Publish(topic string, payload []byte, qos byte) error
-	Connected(deviceID string) bool
-}
-
 // CommandsConfig configures Commands.
 type CommandsConfig struct {
 	Store     *store.Store        // required
-	Gateway   Sender              // required: this node's gateway
 	Conn      *nats.Conn          // required: announcements between nodes
 	JetStream jetstream.JetStream // required: acks from the device stream
 	// SweepInterval is how often queued commands of connected devices are
@@ -181,7 +174,6 @@ type CommandsConfig struct {
 // subscriptions and PUBACKs.
 type Commands struct {
 	st   *store.Store
-	gw   Sender
 	nc   *nats.Conn
 	js   jetstream.JetStream
 	cfg  CommandsConfig
@@ -205,13 +197,13 @@ type commandBinding struct {
 
 // NewCommands returns the command service.
 func NewCommands(cfg CommandsConfig) (*Commands, error) {
-	if cfg.Store == nil || cfg.Gateway == nil || cfg.Conn == nil || cfg.JetStream == nil {
-		return nil, errors.New("gateway: commands need a store, the gateway, a NATS connection and JetStream")
+	if cfg.Store == nil || cfg.Conn == nil || cfg.JetStream == nil {
+		return nil, errors.New("gateway: commands need a store, a NATS connection and JetStream")
 	}
 	if cfg.SweepInterval == 0 {
 		cfg.SweepInterval = 5 * time.Second
 	}
-	c := &Commands{st: cfg.Store, gw: cfg.Gateway, nc: cfg.Conn, js: cfg.JetStream, cfg: cfg, log: cfg.Logger, now: cfg.Now, rand: cfg.Rand,
+	c := &Commands{st: cfg.Store, nc: cfg.Conn, js: cfg.JetStream, cfg: cfg, log: cfg.Logger, now: cfg.Now, rand: cfg.Rand,
 		clients: map[string]*session{}, bound: map[commandBinding]string{}, settled: map[string]time.Time{}, changed: make(chan struct{})}
 	if c.log == nil {
 		c.log = slog.New(slog.DiscardHandler)

@@ -97,7 +97,7 @@ func newIngRig(t *testing.T, st *store.Store) *ingRig {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmds, err := gateway.NewCommands(gateway.CommandsConfig{Store: st, Gateway: gw, Conn: b.Conn, JetStream: b.JetStream, SweepInterval: 200 * time.Millisecond})
+	cmds, err := gateway.NewCommands(gateway.CommandsConfig{Store: st, Conn: b.Conn, JetStream: b.JetStream, SweepInterval: 200 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -43,7 +43,7 @@ func (s *Server) openGateway(ctx context.Context, al *audit.Log, now func() time
 		return err
 	}
 	if s.commands, err = gateway.NewCommands(gateway.CommandsConfig{
-		Store: s.store, Gateway: s.gateway, Conn: s.bus.Conn, JetStream: s.bus.JetStream,
+		Store: s.store, Conn: s.bus.Conn, JetStream: s.bus.JetStream,
 		Logger: s.log.With("component", "commands"), Now: now,
 	}); err != nil {
 		return err

@@ -91,6 +91,9 @@ func TestEnrollConnectPublish(t *testing.T) {
 		ss := w.messages(t, id, "state")
 		return json.Unmarshal(ss[len(ss)-1], &state) == nil && state.Mode == "paused"
 	})
+	// Stored comes before acknowledged: the agent counts an event delivered
+	// a moment after it shows up in the stream.
+	eventually(t, 5*time.Second, "3 events acknowledged", func() bool { return a.Status().Delivered == 3 })
 	if st := a.Status(); st.Delivered != 3 || st.Buffered != 0 || st.Dropped != 0 || st.Quarantined {
 		t.Fatalf("status: %+v", st)
 	}
@@ -336,6 +339,12 @@ func TestKeepsInfusing(t *testing.T) {
 			}
 		}
 		return false
+	})
+	// Ward stores the event before it acknowledges it, so the agent may
+	// still hold it for a moment after it shows up in the stream.
+	eventually(t, 5*time.Second, "event acknowledged during quarantine", func() bool {
+		s := a.Status()
+		return s.Buffered == 0 && s.Delivered >= 1
 	})
 	p.mu.Lock()
 	p.rate = 90

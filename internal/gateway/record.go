@@ -78,7 +78,7 @@ func RecordSubject(k protocol.Kind) string {
 
 // appendMessage appends m's encoding (without kind and node, which the
 // record carries) to b.
-func appendMessage(b []byte, deviceID string, at time.Time, qos byte, retain bool, msgID string, payload []byte) []byte {
+func appendMessage[ID ~string | ~[]byte](b []byte, deviceID string, at time.Time, qos byte, retain bool, msgID ID, payload []byte) []byte {
 	b = binary.AppendUvarint(b, uint64(len(deviceID)))
 	b = append(b, deviceID...)
 	b = binary.AppendVarint(b, at.UnixNano())

@@ -3,12 +3,16 @@ package gateway
 import (
 	"bytes"
 	"encoding/binary"
+	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/mochi-mqtt/server/v2/packets"
 	"github.com/nats-io/nats.go"
 
+	"github.com/wardhq/ward/internal/bus"
 	"github.com/wardhq/ward/protocol"
 )
 
@@ -149,4 +153,55 @@ func FuzzDecodeRecord(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestRecordInterval has 32 devices publishing as fast as their stores
+// allow: the records of one kind start at least recordInterval apart, so
+// there are at most elapsed/recordInterval + 1 of them, each with many
+// messages, and every message is stored.
+func TestRecordInterval(t *testing.T) {
+	ctx := t.Context()
+	bs, err := bus.Open(bus.Config{Dir: filepath.Join(t.TempDir(), "bus"), Name: "test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bs.Close()
+	in, err := NewIngest(ctx, IngestConfig{JetStream: bs.JetStream, Node: "node-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const devices = 32
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	start := time.Now()
+	for d := range devices {
+		id := "aaaaaaaaaaaaaaaaaaaaaaa" + string(rune('a'+d/26)) + string(rune('a'+d%26)) + "a"
+		wg.Go(func() {
+			for n := uint16(1); ; n++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				pk := packets.Packet{TopicName: protocol.Topic(id, protocol.Telemetry), Payload: []byte(`{"v":1}`), PacketID: n,
+					FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1}}
+				if code, err := in.Publish(id, 5, pk); err != nil || code.Code != 0 {
+					t.Errorf("%s: %v %v", id, code, err)
+					return
+				}
+			}
+		})
+	}
+	time.Sleep(300 * time.Millisecond)
+	close(stop)
+	wg.Wait()
+	elapsed := time.Since(start)
+	st := in.Stats()
+	t.Logf("%d messages in %d records over %s", st.Stored, st.Records, elapsed.Round(time.Millisecond))
+	if limit := uint64(elapsed/recordInterval) + 1; st.Records > limit {
+		t.Fatalf("%d records in %s: records started less than %s apart", st.Records, elapsed, recordInterval)
+	}
+	if st.Records == 0 || st.Stored < 4*st.Records {
+		t.Fatalf("%d messages in %d records: want several messages a record", st.Stored, st.Records)
+	}
 }

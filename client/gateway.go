@@ -72,3 +72,36 @@ func (c *Client) History(ctx context.Context, ref string, limit int) ([]Connecti
 	err = c.do(ctx, http.MethodGet, p+"/history", q, nil, &out)
 	return out.Items, err
 }
+
+// GatewayStatus is a node's device gateway at a glance: its MQTT sessions
+// now, and what it refused and stored since it started. Counters are per
+// node and start at zero with it.
+type GatewayStatus struct {
+	Node           string           `json:"node"`
+	Address        string           `json:"address"`
+	Since          time.Time        `json:"since"`
+	Connected      int64            `json:"connected"`
+	Refused        map[string]int64 `json:"refused"`    // refused connections by reason
+	Violations     map[string]int64 `json:"violations"` // refused messages, subscriptions and attempts by kind
+	HistoryDropped int64            `json:"history_dropped"`
+	Messages       GatewayMessages  `json:"messages"`
+}
+
+// GatewayMessages counts what devices published to a node.
+type GatewayMessages struct {
+	Stored       uint64 `json:"stored"`        // new messages in the stream
+	Records      uint64 `json:"records"`       // stream records they were stored in
+	Duplicates   uint64 `json:"duplicates"`    // redeliveries already stored
+	Invalid      uint64 `json:"invalid"`       // refused: payload not a v1 JSON object
+	Unauthorized uint64 `json:"unauthorized"`  // refused: not the device's own topic
+	StoreFailed  uint64 `json:"store_failed"`  // refused: the stream did not store it
+	StateUpdates uint64 `json:"state_updates"` // last known states written
+}
+
+// GatewayStatus returns the device gateway's status on the node that
+// answers.
+func (c *Client) GatewayStatus(ctx context.Context) (GatewayStatus, error) {
+	var out GatewayStatus
+	err := c.do(ctx, http.MethodGet, "/api/v1/gateway", nil, nil, &out)
+	return out, err
+}

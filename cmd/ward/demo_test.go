@@ -126,6 +126,18 @@ func TestDemo(t *testing.T) {
 	if len(units) != len(demoUnits) {
 		t.Errorf("devices in units %v, want all of %v", units, demoUnits)
 	}
+	// The node's gateway holds the whole fleet and has stored what it
+	// sent, in fewer stream records than messages.
+	var gs client.GatewayStatus
+	if err := json.Unmarshal(ward("gateway", "status", "-o", "json"), &gs); err != nil {
+		t.Fatal(err)
+	}
+	if gs.Connected != devices || gs.Messages.Stored == 0 || gs.Messages.Records == 0 || gs.Messages.Records > gs.Messages.Stored {
+		t.Errorf("ward gateway status: %+v, want %d sessions and stored messages", gs, devices)
+	}
+	if out := string(ward("gateway", "status")); !strings.Contains(out, "Sessions:") || !strings.Contains(out, "Messages stored:") {
+		t.Errorf("ward gateway status:\n%s", out)
+	}
 	var users []client.User
 	if err := json.Unmarshal(ward("user", "list", "-o", "json"), &struct{ Items *[]client.User }{&users}); err != nil {
 		t.Fatal(err)

@@ -3,6 +3,8 @@ package main
 import (
 	"fmt"
 	"io"
+	"maps"
+	"slices"
 	"strconv"
 	"time"
 
@@ -93,4 +95,72 @@ protocol_error, rate_limit, refused_auth, refused_client_id, server_shutdown).`,
 	}
 	cmd.Flags().IntVar(&limit, "limit", 0, "most recent connections to show (default 100, at most 1000)")
 	return cmd
+}
+
+func newGatewayCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "gateway",
+		Short: "The device MQTT gateway of the node that answers",
+	}
+	cmd.AddCommand(newGatewayStatusCmd(g))
+	return cmd
+}
+
+func newGatewayStatusCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "status",
+		Short: "Sessions now, and what the gateway refused and stored since the node started",
+		Long: `The device gateway of the node that answers --server: its MQTT sessions now,
+and, counted since the node started, the connections it refused (by reason),
+the messages, subscriptions and attempts it refused (by kind), and the device
+messages it stored, refused, and in how many stream records.
+
+A device's own refusals are in "ward device history".`,
+		Example: "  ward gateway status\n  ward gateway status -o json",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			st, err := c.GatewayStatus(cmd.Context())
+			if err != nil {
+				return err
+			}
+			return g.render(cmd, st, func(w io.Writer) error {
+				m := st.Messages
+				perRecord := ""
+				if m.Records > 0 {
+					perRecord = fmt.Sprintf(" (%.1f a record)", float64(m.Stored)/float64(m.Records))
+				}
+				kv := []string{
+					"Node", st.Node,
+					"MQTT listener", st.Address,
+					"Counting since", when(st.Since) + " UTC",
+					"Sessions", strconv.FormatInt(st.Connected, 10),
+					"Messages stored", fmt.Sprintf("%d in %d records%s", m.Stored, m.Records, perRecord),
+					"Duplicates", strconv.FormatUint(m.Duplicates, 10),
+					"Last states written", strconv.FormatUint(m.StateUpdates, 10),
+					"Refused messages", fmt.Sprintf("%d invalid payload, %d not the device's topic, %d not stored", m.Invalid, m.Unauthorized, m.StoreFailed),
+					"History rows dropped", strconv.FormatInt(st.HistoryDropped, 10),
+				}
+				kv = append(kv, counts("Refused connections", st.Refused)...)
+				kv = append(kv, counts("Violations", st.Violations)...)
+				return fields(w, kv...)
+			})
+		},
+	}
+}
+
+// counts lists a map of counters as fields under a heading, by name.
+func counts(heading string, m map[string]int64) []string {
+	var total int64
+	for _, v := range m {
+		total += v
+	}
+	kv := []string{heading, strconv.FormatInt(total, 10)}
+	for _, k := range slices.Sorted(maps.Keys(m)) {
+		kv = append(kv, "  "+k, strconv.FormatInt(m[k], 10))
+	}
+	return kv
 }

@@ -61,6 +61,7 @@ func newRootCmd() *cobra.Command {
 		newCACmd(g),
 		newManufacturerCmd(g),
 		newDeviceCmd(g),
+		newGatewayCmd(g),
 		newAuditCmd(g),
 		newMfgCmd(g),
 		newTokenCmd(g),

@@ -92,6 +92,9 @@ type Config struct {
 	// History is the device connection history (package gateway); nil:
 	// GET /api/v1/devices/{ref}/history answers 503.
 	History *gateway.History
+	// GatewayStatus reports this node's device gateway; nil: GET
+	// /api/v1/gateway answers 503.
+	GatewayStatus func() gateway.Status
 	// Ready reports whether this node can serve (store reachable, …), for
 	// /readyz. nil means always ready.
 	Ready   func(ctx context.Context) error

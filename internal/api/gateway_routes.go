@@ -10,7 +10,8 @@ import (
 	"github.com/wardhq/ward/internal/gateway"
 )
 
-// Device gateway: live quarantine and the connection history.
+// Device gateway: live quarantine, the connection history, and the node's
+// gateway status.
 
 type quarantineInput struct {
 	Ref  string `path:"ref" doc:"Ward id or serial number"`
@@ -32,6 +33,10 @@ type historyOutput struct {
 	Body struct {
 		Items []gateway.Connection `json:"items"`
 	}
+}
+
+type gatewayStatusOutput struct {
+	Body gateway.Status
 }
 
 func (s *server) gatewayRoutes() {
@@ -84,5 +89,16 @@ func (s *server) gatewayRoutes() {
 		out := &historyOutput{}
 		out.Body.Items = items
 		return out, nil
+	})
+	register(s, huma.Operation{
+		OperationID: "gateway-status", Metadata: perm(access.DevicesRead), Method: http.MethodGet, Path: Prefix + "/gateway",
+		Summary:     "This node's device gateway: sessions now, and what it refused and stored since it started",
+		Description: "Counters are per node and start at zero when it starts: refused connections by reason, refused messages and subscriptions by kind, device messages stored, refused and in how many stream records.",
+		Tags:        []string{"gateway"},
+	}, func(ctx context.Context, _ *struct{}) (*gatewayStatusOutput, error) {
+		if s.cfg.GatewayStatus == nil {
+			return nil, huma.Error503ServiceUnavailable("the device gateway is not running on this node")
+		}
+		return &gatewayStatusOutput{Body: s.cfg.GatewayStatus()}, nil
 	})
 }

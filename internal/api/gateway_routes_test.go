@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/http"
 	"testing"
+	"time"
 
 	"github.com/wardhq/ward/client"
 	"github.com/wardhq/ward/internal/api"
@@ -70,4 +71,30 @@ func TestQuarantineReleaseHistoryRoutes(t *testing.T) {
 			t.Errorf("audit: %d quarantine/release entries", seen)
 		}
 	})
+}
+
+func TestGatewayStatusRoute(t *testing.T) {
+	st := storetest.Open(t, store.SQLite)
+	ctx := context.Background()
+	e := apitest.New(t, st, nil)
+	if _, err := e.Client.GatewayStatus(ctx); statusOf(err) != http.StatusServiceUnavailable {
+		t.Fatalf("without a gateway: %v, want 503", err)
+	}
+	since := time.Date(2026, 11, 22, 5, 0, 0, 0, time.UTC)
+	e = apitest.New(t, storetest.Open(t, store.SQLite), func(c *api.Config) {
+		c.GatewayStatus = func() gateway.Status {
+			return gateway.Status{Node: "node-1", Address: "127.0.0.1:8883", Since: since, Connected: 3,
+				Refused: map[string]int64{gateway.ReasonRevoked: 2}, Violations: map[string]int64{gateway.ViolationACLPublish: 5},
+				Messages: gateway.IngestStats{Stored: 40, Records: 4, Invalid: 1}}
+		}
+	})
+	got, err := e.Client.GatewayStatus(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Node != "node-1" || got.Address != "127.0.0.1:8883" || !got.Since.Equal(since) || got.Connected != 3 ||
+		got.Refused[gateway.ReasonRevoked] != 2 || got.Violations[gateway.ViolationACLPublish] != 5 ||
+		got.Messages.Stored != 40 || got.Messages.Records != 4 || got.Messages.Invalid != 1 {
+		t.Fatalf("status %+v", got)
+	}
 }

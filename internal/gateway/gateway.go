@@ -147,6 +147,7 @@ type Gateway struct {
 	running atomic.Bool
 	closing atomic.Bool
 	stats   counters
+	started time.Time
 }
 
 // New checks cfg, binds the listener and builds the broker.
@@ -171,6 +172,7 @@ func New(cfg Config) (*Gateway, error) {
 	if g.now == nil {
 		g.now = time.Now
 	}
+	g.started = g.now().UTC()
 	g.hist = cfg.History
 	if g.hist == nil {
 		g.hist = NewHistory(HistoryConfig{Store: cfg.Store, Retention: cfg.HistoryRetention, Logger: g.log, Now: g.now})
@@ -560,6 +562,31 @@ type Stats struct {
 	Refused        map[string]int64 `json:"refused"`         // refused connections by reason
 	Violations     map[string]int64 `json:"violations"`      // refused messages, subscriptions and attempts by kind
 	HistoryDropped int64            `json:"history_dropped"` // history rows lost to a full queue or a store error
+}
+
+// Status is a node's gateway at a glance: its sessions now, and what it
+// refused and stored since it started (counters are per node and start at
+// zero with it).
+type Status struct {
+	Node           string           `json:"node"`
+	Address        string           `json:"address"`         // the MQTT listener
+	Since          time.Time        `json:"since"`           // when the counters started
+	Connected      int64            `json:"connected"`       // MQTT sessions on this node now
+	Refused        map[string]int64 `json:"refused"`         // refused connections by reason
+	Violations     map[string]int64 `json:"violations"`      // refused messages, subscriptions and attempts by kind
+	HistoryDropped int64            `json:"history_dropped"` // history rows lost to a full queue or a store error
+	Messages       IngestStats      `json:"messages"`        // what devices published (zero without ingest)
+}
+
+// Status returns the node's sessions and counters.
+func (g *Gateway) Status() Status {
+	st := g.Stats()
+	s := Status{Node: g.cfg.Node, Address: g.Addr().String(), Since: g.started, Connected: st.Connected,
+		Refused: st.Refused, Violations: st.Violations, HistoryDropped: st.HistoryDropped}
+	if g.ingest != nil {
+		s.Messages = g.ingest.Stats()
+	}
+	return s
 }
 
 // Stats returns the counters since New.

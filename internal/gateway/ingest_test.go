@@ -417,6 +417,11 @@ func TestIngestRecordsGatherMessages(t *testing.T) {
 	if st.Stored != devices*each || st.Records >= st.Stored {
 		t.Fatalf("stats %+v: want %d messages in fewer records", st, devices*each)
 	}
+	// The node's status (GET /api/v1/gateway) shows the same.
+	gs := r.gw.Status()
+	if gs.Connected != devices || gs.Messages != st || gs.Address != r.gw.Addr().String() || gs.Since.IsZero() {
+		t.Fatalf("status %+v: want %d sessions and the ingest's counters %+v", gs, devices, st)
+	}
 }
 
 func TestIngestRefusesMalformed(t *testing.T) {

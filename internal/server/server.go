@@ -212,11 +212,12 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger, opts ...Optio
 		Users: people.users, SessionStore: people.sessions, Sessions: people.sessions,
 		WebAuthn: people.webauthn, OIDC: people.oidc,
 		Approvals: people.approvals, MassRevokeLimit: cfg.Access.MassRevokeLimit,
-		AuditKey: s.auditKey.Public(),
-		History:  s.history,
-		Ready:    s.readyCheck,
-		Logger:   log.With("component", "api"),
-		Version:  Version,
+		AuditKey:      s.auditKey.Public(),
+		History:       s.history,
+		GatewayStatus: s.gateway.Status,
+		Ready:         s.readyCheck,
+		Logger:        log.With("component", "api"),
+		Version:       Version,
 	}); err != nil {
 		return nil, err
 	}

@@ -11,6 +11,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"log"
 	"math/big"
 	"net"
 	"os"
@@ -122,7 +123,23 @@ gateway:
   message_retention: 1h
 `
 
+// startWard starts ward serve on free loopback ports. A port found free
+// can be taken by another socket before ward binds it (after a connect
+// phase, tens of thousands of client sockets share the port range): then
+// it starts again on other ports.
 func startWard(ctx context.Context, bin, cache string) (*wardNode, error) {
+	for attempt := 1; ; attempt++ {
+		n, err := startWardOnce(ctx, bin, cache)
+		if err == nil || attempt == 3 || !errors.Is(err, errPortTaken) {
+			return n, err
+		}
+		log.Printf("ward serve: %v; starting it again on other ports", err)
+	}
+}
+
+var errPortTaken = errors.New("a port was taken before ward could listen on it")
+
+func startWardOnce(ctx context.Context, bin, cache string) (*wardNode, error) {
 	data := filepath.Join(cache, "ward-data")
 	if err := os.MkdirAll(data, 0o700); err != nil {
 		return nil, err
@@ -159,6 +176,9 @@ func startWard(ctx context.Context, bin, cache string) (*wardNode, error) {
 	n.broker = broker{name: "ward", addr: mqttAddr, pid: cmd.Process.Pid, stop: func() error { return stopProcess(cmd, exited) }}
 	fail := func(err error) (*wardNode, error) {
 		_ = n.stop()
+		if out, _ := os.ReadFile(filepath.Join(cache, "ward.log")); bytes.Contains(out, []byte("address already in use")) {
+			err = fmt.Errorf("%w: %w", errPortTaken, err)
+		}
 		return nil, fmt.Errorf("ward serve (log: %s): %w", filepath.Join(cache, "ward.log"), err)
 	}
 	if err := waitTCP(ctx, adminAddr, exited, time.Minute); err != nil {

@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/eclipse/paho.golang/packets"
 	"github.com/eclipse/paho.golang/paho"
 
 	"github.com/wardhq/ward/internal/audit"
@@ -288,7 +289,10 @@ func (f *fixture) connect(d device, clientID string) (*mqttClient, *paho.Connack
 	}
 	mc := &mqttClient{received: make(chan *paho.Publish, 16), disconnect: make(chan *paho.Disconnect, 1)}
 	mc.Client = paho.NewClient(paho.ClientConfig{
-		Conn: conn,
+		// paho writes a packet in several Writes, and its pinger writes
+		// from its own goroutine: without the lock a PINGREQ can land
+		// inside another packet.
+		Conn: packets.NewThreadSafeConn(conn),
 		OnPublishReceived: []func(paho.PublishReceived) (bool, error){func(pr paho.PublishReceived) (bool, error) {
 			mc.received <- pr.Packet
 			return true, nil

@@ -14,6 +14,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/eclipse/paho.golang/packets"
 	"github.com/eclipse/paho.golang/paho"
 
 	"github.com/wardhq/ward/protocol"
@@ -228,7 +229,9 @@ func (g *gen) dial(ctx context.Context, d Device, lost func()) (*paho.Client, er
 		}
 	}
 	c := paho.NewClient(paho.ClientConfig{
-		Conn:               tc,
+		// paho writes a packet in several Writes and pings from its own
+		// goroutine: the lock keeps a PINGREQ out of another packet.
+		Conn:               packets.NewThreadSafeConn(tc),
 		OnClientError:      func(error) { onLost() },
 		OnServerDisconnect: func(*paho.Disconnect) { onLost() },
 	})

@@ -156,6 +156,9 @@ func (s *session) write(pk packets.Packet) error {
 func (s *session) writeRaw(b []byte) error {
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
+	if s.kicked.Load() {
+		return net.ErrClosed // a DISCONNECT is the last packet, and may be out already
+	}
 	if now := time.Now(); now.Sub(s.wdeadlineSet) > time.Second {
 		_ = s.conn.SetWriteDeadline(now.Add(writeTimeout))
 		s.wdeadlineSet = now

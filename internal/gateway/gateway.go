@@ -375,20 +375,53 @@ func (g *Gateway) applyRevokedSerials(serials []string) {
 }
 
 // kick ends a session: with a DISCONNECT carrying code once MQTT is up,
-// by closing the connection before. It never waits for a device: if a
-// write to it is under way, the connection is closed without DISCONNECT.
+// by closing the connection before. It never waits for a device: a write
+// under way (most often an ack) is let finish and the DISCONNECT follows
+// it from another goroutine; a write still stuck after kickWait (a device
+// that does not read) is cut short and the connection closed without
+// DISCONNECT. Only a session's first kick acts: a revocation arrives both
+// as a state and as a certificate serial, and the second must not close
+// the connection under the first one's DISCONNECT.
 func (g *Gateway) kick(s *session, reason string, code packets.Code) {
 	s.setEnd(reason)
-	if s.phase.Load() >= phaseAdmitted && s.version == 5 && s.wmu.TryLock() {
-		pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Disconnect}, ReasonCode: code.Code, ProtocolVersion: 5}
-		pk.Properties.ReasonString = code.Reason
-		var buf bytes.Buffer
-		if pk.DisconnectEncode(&buf) == nil {
-			_ = s.conn.SetWriteDeadline(time.Now().Add(time.Second))
-			_, _ = s.conn.Write(buf.Bytes())
-		}
-		s.wmu.Unlock()
+	if !s.kicked.CompareAndSwap(false, true) {
+		return
 	}
+	if s.phase.Load() < phaseAdmitted || s.version < 5 {
+		_ = s.conn.Close()
+		return
+	}
+	if s.wmu.TryLock() {
+		s.goodbye(code)
+		return
+	}
+	_ = s.conn.SetWriteDeadline(time.Now().Add(kickWait))
+	go func() {
+		for deadline := time.Now().Add(kickWait); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+			if s.wmu.TryLock() {
+				s.goodbye(code)
+				return
+			}
+		}
+		_ = s.conn.Close()
+	}()
+}
+
+// kickWait bounds how long a kicked session's DISCONNECT waits for a write
+// under way.
+const kickWait = 500 * time.Millisecond
+
+// goodbye writes a DISCONNECT with code, unlocks wmu (which the caller
+// holds) and closes the connection.
+func (s *session) goodbye(code packets.Code) {
+	pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Disconnect}, ReasonCode: code.Code, ProtocolVersion: 5}
+	pk.Properties.ReasonString = code.Reason
+	var buf bytes.Buffer
+	if pk.DisconnectEncode(&buf) == nil {
+		_ = s.conn.SetWriteDeadline(time.Now().Add(kickWait))
+		_, _ = s.conn.Write(buf.Bytes())
+	}
+	s.wmu.Unlock()
 	_ = s.conn.Close()
 }
 

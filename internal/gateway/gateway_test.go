@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/eclipse/paho.golang/paho"
+	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/wardhq/ward/internal/store"
 	"github.com/wardhq/ward/internal/store/storetest"
@@ -248,6 +249,68 @@ func TestQuarantineAndRevokeLive(t *testing.T) {
 			t.Error("revoked device reconnected")
 		}
 	})
+}
+
+// TestKickDuringWrite: a revocation reaches a node twice (as the device's
+// state and as its certificate serial), possibly while an ack is being
+// written. The device still gets its DISCONNECT, after the ack; a write
+// stuck on a device that does not read delays the cut by at most kickWait.
+func TestKickDuringWrite(t *testing.T) {
+	f := newFixture(t, storetest.Open(t, store.SQLite))
+	sessionOf := func(id string) *session {
+		t.Helper()
+		ss := f.gw.sessionsOf(id)
+		if len(ss) != 1 {
+			t.Fatalf("%d sessions for %s", len(ss), id)
+		}
+		return ss[0]
+	}
+
+	// A write under way: both kicks come while it holds the write lock.
+	dev := f.newDevice(nil)
+	mc, _, err := f.connect(dev, dev.id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := sessionOf(dev.id)
+	s.wmu.Lock()
+	f.gw.kick(s, ReasonRevoked, packets.ErrBanned)
+	f.gw.kick(s, ReasonRevoked, packets.ErrBanned) // the serial's order: must not close first
+	time.Sleep(50 * time.Millisecond)
+	s.wmu.Unlock()
+	select {
+	case d := <-mc.disconnect:
+		if d.ReasonCode != packets.ErrBanned.Code {
+			t.Errorf("disconnect reason 0x%02x, want 0x%02x", d.ReasonCode, packets.ErrBanned.Code)
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatal("no DISCONNECT after the write under way ended")
+	}
+	if err := s.writeRaw([]byte{packets.Pingresp << 4, 0}); err == nil {
+		t.Error("a kicked session still writes")
+	}
+
+	// A write that never ends: the connection is closed anyway.
+	dev2 := f.newDevice(nil)
+	mc2, _, err := f.connect(dev2, dev2.id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s2 := sessionOf(dev2.id)
+	s2.wmu.Lock()
+	defer s2.wmu.Unlock()
+	start := time.Now()
+	f.gw.kick(s2, ReasonRevoked, packets.ErrBanned)
+	select {
+	case <-mc2.Done():
+		took := time.Since(start)
+		t.Logf("stuck write: connection closed after %v", took)
+		if took < kickWait/2 || took > kickWait+time.Second {
+			t.Errorf("closed after %v, want about %v", took, kickWait)
+		}
+	case <-time.After(kickWait + 2*time.Second):
+		t.Fatal("connection with a stuck write not closed")
+	}
 }
 
 // TestDecommissionDisconnects: decommissioning a connected device cuts it

@@ -213,7 +213,13 @@ func (l *listener) admit(c net.Conn) *session {
 // ended.
 func (l *listener) serve(s *session) {
 	g := l.g
-	defer s.conn.Close()
+	defer func() {
+		// A kicked session's connection is closed by the kick, after its
+		// DISCONNECT, which may still wait for a write under way.
+		if !s.kicked.Load() {
+			_ = s.conn.Close()
+		}
+	}()
 	defer g.removeSession(s)
 	if l.end.Load() {
 		return
@@ -256,7 +262,7 @@ func (g *Gateway) finish(s *session, err error) {
 	reason, detail := g.endReason(s, err)
 	g.hist.closed(s.rowID, now, s.connectedAt, reason, detail, int(s.refusals.Load()))
 	g.stats.connected.Add(-1)
-	g.log.Debug("gateway: device disconnected", "device", s.deviceID, "reason", reason)
+	g.log.Debug("gateway: device disconnected", "device", s.deviceID, "reason", reason, "detail", detail)
 }
 
 // endReason classifies the end of an established session.

@@ -37,6 +37,7 @@ type session struct {
 
 	phase       atomic.Int32
 	quarantined atomic.Bool
+	kicked      atomic.Bool // the gateway ends the session (kick); nothing more is written
 	refusals    atomic.Int64
 	overRate    atomic.Int64 // messages refused in a row for the rate
 

@@ -1,6 +1,8 @@
 package gateway
 
 import (
+	"strings"
+
 	"github.com/wardhq/ward/protocol"
 )
 
@@ -34,25 +36,50 @@ func (d decision) String() string {
 // ack}, subscribe only to ward/v1/d/<id>/cmd, exactly — no wildcard, no
 // shared subscription, no $SYS, no other device. A quarantined device may
 // publish only state and events, and still receive cmd (security updates).
-func authorize(id string, quarantined bool, topic string, write bool) decision {
-	if !protocol.ValidDeviceID(id) {
-		return denyForeign
-	}
-	tid, kind, err := protocol.ParseTopic(topic)
-	if err != nil || tid != id || topic != protocol.Topic(id, kind) {
-		return denyForeign
+func authorize(id string, quarantined bool, topic string, write bool) (decision, protocol.Kind) {
+	kind, ok := ownTopic(id, topic)
+	if !ok {
+		return denyForeign, ""
 	}
 	if !write {
 		if kind != protocol.Cmd {
-			return denyKind
+			return denyKind, kind
 		}
-		return allow
+		return allow, kind
 	}
 	if !kind.Publishable() {
-		return denyKind
+		return denyKind, kind
 	}
 	if quarantined && kind != protocol.State && kind != protocol.Events {
-		return denyQuarantined
+		return denyQuarantined, kind
 	}
-	return allow
+	return allow, kind
+}
+
+// ownTopic returns the kind of topic if it is exactly one of device id's
+// topics, ward/v1/d/<id>/<kind>. It is protocol.ParseTopic for a known
+// device, without checking the id in the topic a second time: it runs for
+// every message.
+func ownTopic(id, topic string) (protocol.Kind, bool) {
+	if !protocol.ValidDeviceID(id) {
+		return "", false
+	}
+	rest, ok := strings.CutPrefix(topic, protocol.TopicPrefix)
+	if !ok {
+		return "", false
+	}
+	if rest, ok = strings.CutPrefix(rest, id); !ok {
+		return "", false
+	}
+	if rest, ok = strings.CutPrefix(rest, "/"); !ok {
+		return "", false
+	}
+	// The constants, not rest: a PUBLISH's topic lives in a read buffer
+	// that is reused once the packet is handled.
+	for _, k := range [...]protocol.Kind{protocol.Telemetry, protocol.Events, protocol.State, protocol.Ack, protocol.Cmd} {
+		if rest == string(k) {
+			return k, true
+		}
+	}
+	return "", false
 }

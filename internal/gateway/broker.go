@@ -489,7 +489,8 @@ func (g *Gateway) publish(s *session, pk packets.Packet) error {
 		}
 		return nil
 	}
-	if d := authorize(s.deviceID, s.quarantined.Load(), pk.TopicName, true); d != allow {
+	d, kind := authorize(s.deviceID, s.quarantined.Load(), pk.TopicName, true)
+	if d != allow {
 		s.refusals.Add(1)
 		g.violation(s.deviceID, hostOf(s.remote), ViolationACLPublish, d.String()+": "+clip(pk.TopicName, 200))
 		switch {
@@ -501,7 +502,7 @@ func (g *Gateway) publish(s *session, pk packets.Packet) error {
 		return s.write(ack(packets.Puback, pk.PacketID, packets.ErrNotAuthorized))
 	}
 	if pk.FixedHeader.Retain {
-		if _, k, err := protocol.ParseTopic(pk.TopicName); err != nil || k != protocol.State {
+		if kind != protocol.State {
 			return refuse(packets.ErrRetainNotSupported, ViolationRetain, "retained message on "+clip(pk.TopicName, 200))
 		}
 	}
@@ -522,7 +523,7 @@ func (g *Gateway) publish(s *session, pk packets.Packet) error {
 	code := packets.CodeSuccess
 	if g.ingest != nil { // without ingest (tests), a message is taken and dropped
 		var err error
-		if code, err = g.ingest.Publish(s.deviceID, s.version, pk); err != nil {
+		if code, err = g.ingest.Publish(s.deviceID, kind, s.version, pk); err != nil {
 			return err
 		}
 	}
@@ -546,7 +547,7 @@ func (g *Gateway) subscribe(s *session, pk packets.Packet) error {
 	codes := make([]byte, len(pk.Filters))
 	granted := false
 	for i, f := range pk.Filters {
-		d := authorize(s.deviceID, s.quarantined.Load(), f.Filter, false)
+		d, _ := authorize(s.deviceID, s.quarantined.Load(), f.Filter, false)
 		if d != allow || len(f.ShareName) > 0 {
 			s.refusals.Add(1)
 			g.violation(s.deviceID, hostOf(s.remote), ViolationACLSubscribe, d.String()+": "+clip(f.Filter, 200))

@@ -28,7 +28,7 @@ func FuzzAuthorize(f *testing.F) {
 		f.Add(id, s, true, false)
 	}
 	f.Fuzz(func(t *testing.T, id, topic string, write, quarantined bool) {
-		d := authorize(id, quarantined, topic, write)
+		d, kind := authorize(id, quarantined, topic, write)
 		if d != allow {
 			return
 		}
@@ -39,8 +39,8 @@ func FuzzAuthorize(f *testing.F) {
 			t.Fatalf("allowed %q for %q", topic, id)
 		}
 		tid, k, err := protocol.ParseTopic(topic)
-		if err != nil || tid != id || topic != protocol.Topic(id, k) {
-			t.Fatalf("allowed unparsable %q", topic)
+		if err != nil || tid != id || topic != protocol.Topic(id, k) || k != kind {
+			t.Fatalf("allowed unparsable %q (kind %q)", topic, kind)
 		}
 		switch {
 		case !write && k != protocol.Cmd:

@@ -213,7 +213,7 @@ func NewIngest(ctx context.Context, cfg IngestConfig) (*Ingest, error) {
 		cfg.Now = time.Now
 	}
 	in := &Ingest{js: cfg.JetStream, cfg: cfg, log: cfg.Logger, node: []string{cfg.Node}, seen: map[string]time.Time{},
-		dedup: dedup{window: cfg.DuplicateWindow, recent: map[string][]dedupEntry{}}}
+		dedup: dedup{window: cfg.DuplicateWindow, recent: map[string]*dedupList{}}}
 	for _, k := range []protocol.Kind{protocol.Telemetry, protocol.Events, protocol.State, protocol.Ack} {
 		in.recorders[kindIndex(k)] = &recorder{in: in, subject: RecordSubject(k), enough: make(chan struct{}, 1)}
 	}
@@ -298,21 +298,18 @@ func CheckDevicePayload(b []byte) error {
 	return protocol.CheckPayload(b)
 }
 
-// Publish stores a device's message in the stream and returns only when
-// the stream has stored it, with the reason code of its PUBACK (QoS 1):
-// success, or why it was refused. MQTT 3.1.1 and QoS 0 cannot be refused:
-// a message that is not valid is acknowledged and dropped; one the stream
-// did not store closes a 3.1.1 connection (err), so the device resends it.
-// topic is the device's own (the gateway checked).
-func (in *Ingest) Publish(deviceID string, version byte, pk packets.Packet) (packets.Code, error) {
-	id, kind, err := protocol.ParseTopic(pk.TopicName)
-	if err != nil || id != deviceID || !kind.Publishable() {
+// Publish stores a device's message of kind k (its topic, which the
+// gateway authorised) in the stream and returns only when the stream has
+// stored it, with the reason code of its PUBACK (QoS 1): success, or why it
+// was refused. MQTT 3.1.1 and QoS 0 cannot be refused: a message that is
+// not valid is acknowledged and dropped; one the stream did not store
+// closes a 3.1.1 connection (err), so the device resends it.
+func (in *Ingest) Publish(deviceID string, kind protocol.Kind, version byte, pk packets.Packet) (packets.Code, error) {
+	if !kind.Publishable() {
 		in.unauthorized.Add(1)
 		return packets.ErrNotAuthorized, nil
 	}
-	// The session's id from here on: the topic's bytes live in the
-	// packet's read buffer, which is reused once the packet is handled.
-	id = deviceID
+	id := deviceID
 	if err := CheckDevicePayload(pk.Payload); err != nil {
 		in.invalid.Add(1)
 		in.log.Info("device payload refused", "device", id, "kind", kind, "bytes", len(pk.Payload), "err", err)
@@ -583,8 +580,17 @@ type dedupEntry struct {
 type dedup struct {
 	window time.Duration
 	mu     sync.Mutex
-	recent map[string][]dedupEntry // device → oldest first
+	recent map[string]*dedupList
 	pruned time.Time
+}
+
+// dedupList is one device's remembered keys: appended until it holds
+// dedupPerDevice, then a ring whose oldest entry is at next. Entries older
+// than the window stay until overwritten and are not matched.
+type dedupList struct {
+	es   []dedupEntry
+	next int
+	last int64 // the newest entry's time
 }
 
 // dedupKey is a message's packet id and 96 bits of its payload's SHA-256.
@@ -601,8 +607,12 @@ func (d *dedup) seen(deviceID string, key [14]byte, now time.Time) bool {
 	since := now.Add(-d.window).UnixNano()
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	for _, e := range d.recent[deviceID] {
-		if e.key == key && e.at > since {
+	l := d.recent[deviceID]
+	if l == nil {
+		return false
+	}
+	for i := range l.es {
+		if e := &l.es[i]; e.key == key && e.at > since {
 			return true
 		}
 	}
@@ -617,20 +627,26 @@ func (d *dedup) add(deviceID string, key [14]byte, now time.Time) {
 	if now.Sub(d.pruned) > d.window {
 		// Forget the devices whose last message is out of the window:
 		// a walk of the map once per window.
-		for id, es := range d.recent {
-			if es[len(es)-1].at <= since {
+		for id, l := range d.recent {
+			if l.last <= since {
 				delete(d.recent, id)
 			}
 		}
 		d.pruned = now
 	}
-	es := d.recent[deviceID]
-	i := 0
-	for i < len(es) && (es[i].at <= since || len(es)-i >= dedupPerDevice) {
-		i++
+	l := d.recent[deviceID]
+	if l == nil {
+		l = &dedupList{}
+		d.recent[deviceID] = l
 	}
-	es = append(es[:0], es[i:]...)
-	d.recent[deviceID] = append(es, dedupEntry{at: now.UnixNano(), key: key})
+	e := dedupEntry{at: now.UnixNano(), key: key}
+	l.last = e.at
+	if len(l.es) < dedupPerDevice {
+		l.es = append(l.es, e)
+		return
+	}
+	l.es[l.next] = e
+	l.next = (l.next + 1) % dedupPerDevice
 }
 
 // Run keeps the registry's last seen and last known state until ctx ends.

@@ -38,7 +38,7 @@ func BenchmarkIngestPublish(b *testing.B) {
 	publish := func(b *testing.B, id, topic string, pid uint16) {
 		pk := mpackets.Packet{TopicName: topic, Payload: payload, PacketID: pid,
 			FixedHeader: mpackets.FixedHeader{Type: mpackets.Publish, Qos: 1}}
-		if code, err := in.Publish(id, 5, pk); err != nil || code.Code != 0 {
+		if code, err := in.Publish(id, protocol.Telemetry, 5, pk); err != nil || code.Code != 0 {
 			b.Fatal(code, err)
 		}
 	}

@@ -92,7 +92,7 @@ func TestRecordRefusesMalformed(t *testing.T) {
 }
 
 func TestDedupWindowAndBound(t *testing.T) {
-	d := dedup{window: time.Minute, recent: map[string][]dedupEntry{}}
+	d := dedup{window: time.Minute, recent: map[string]*dedupList{}}
 	now := time.Unix(1000, 0)
 	id := "abcdefghijklmnopqrstuvwxyz"
 	k := dedupKey(7, []byte(`{"v":1}`))
@@ -109,7 +109,7 @@ func TestDedupWindowAndBound(t *testing.T) {
 	for i := range 2 * dedupPerDevice {
 		d.add(id, dedupKey(uint16(100+i), nil), now)
 	}
-	if n := len(d.recent[id]); n != dedupPerDevice {
+	if n := len(d.recent[id].es); n != dedupPerDevice {
 		t.Fatalf("%d remembered, bound %d", n, dedupPerDevice)
 	}
 	if d.seen(id, dedupKey(100, nil), now) || !d.seen(id, dedupKey(uint16(100+2*dedupPerDevice-1), nil), now) {
@@ -185,7 +185,7 @@ func TestRecordInterval(t *testing.T) {
 				}
 				pk := packets.Packet{TopicName: protocol.Topic(id, protocol.Telemetry), Payload: []byte(`{"v":1}`), PacketID: n,
 					FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1}}
-				if code, err := in.Publish(id, 5, pk); err != nil || code.Code != 0 {
+				if code, err := in.Publish(id, protocol.Telemetry, 5, pk); err != nil || code.Code != 0 {
 					t.Errorf("%s: %v %v", id, code, err)
 					return
 				}

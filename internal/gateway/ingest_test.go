@@ -643,3 +643,50 @@ func TestKeepaliveTimeout(t *testing.T) {
 		t.Fatalf("cut off after %s, want about 1.5 s", d)
 	}
 }
+
+// TestPubacksInOrder: a device that sends QoS 1 messages of several kinds
+// without waiting gets their PUBACKs in the order of its PUBLISHes
+// [MQTT-4.6.0-2], though each kind's records are stored on their own and
+// a PUBACK may be written by the goroutine that stored its record; refused
+// messages keep their place too. Every acknowledged message is stored.
+func TestPubacksInOrder(t *testing.T) {
+	r := newIngRig(t, storetest.Open(t, store.SQLite))
+	id, cert := r.device(t)
+	raw := r.raw5(t, id, cert)
+	kinds := []protocol.Kind{protocol.Telemetry, protocol.Events, protocol.State, protocol.Ack}
+	const rounds, each = 3, 30 // within the Receive Maximum (32) and the rate burst (100)
+	want := map[protocol.Kind]int{}
+	pid := uint16(0)
+	for range rounds {
+		var sent []uint16
+		var codes []byte
+		for i := range each {
+			pid++
+			k := kinds[i%len(kinds)]
+			payload := []byte(`{"v":1,"n":` + strconv.Itoa(int(pid)) + `}`)
+			code := byte(0)
+			if i%7 == 6 {
+				payload, code = []byte(`{"v":2}`), 0x99 // refused at once: payload format invalid
+			} else {
+				want[k]++
+			}
+			cp := packets.NewControlPacket(packets.PUBLISH)
+			p := cp.Content.(*packets.Publish)
+			p.Topic, p.QoS, p.PacketID, p.Payload, p.Properties = protocol.Topic(id, k), 1, pid, payload, &packets.Properties{}
+			raw.write(cp)
+			sent, codes = append(sent, pid), append(codes, code)
+		}
+		for i, p := range sent {
+			ack := raw.read()
+			pa, ok := ack.Content.(*packets.Puback)
+			if !ok || pa.PacketID != p || pa.ReasonCode != codes[i] {
+				t.Fatalf("PUBACK %d of the round: want packet %d (0x%02x), got %v", i, p, codes[i], ack)
+			}
+		}
+	}
+	for _, k := range kinds {
+		if n := len(streamMsgs(t, r.bus.JetStream, id, k)); n != want[k] {
+			t.Errorf("%s: %d messages stored, want %d", k, n, want[k])
+		}
+	}
+}

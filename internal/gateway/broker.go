@@ -74,21 +74,20 @@ var packetBufs = sync.Pool{New: func() any { b := make([]byte, pooledPacket); re
 
 const pooledPacket = 2048
 
-// readPacket reads and decodes the rest of a packet. A PUBLISH's payload
-// may live in a pooled buffer: release it once the packet is handled.
-func (s *session) readPacket(fh packets.FixedHeader) (pk packets.Packet, release func(), err error) {
+// readPacket reads and decodes the rest of a packet. A PUBLISH's topic and
+// payload may live in a pooled buffer, pooled: hand it to releasePacket
+// once the packet is handled.
+func (s *session) readPacket(fh packets.FixedHeader) (pk packets.Packet, pooled *[]byte, err error) {
 	pk = packets.Packet{FixedHeader: fh, ProtocolVersion: s.version}
 	var buf []byte
-	release = func() {}
 	if fh.Type == packets.Publish && fh.Remaining <= pooledPacket {
-		bp := packetBufs.Get().(*[]byte)
-		buf = (*bp)[:fh.Remaining]
-		release = func() { packetBufs.Put(bp) }
+		pooled = packetBufs.Get().(*[]byte)
+		buf = (*pooled)[:fh.Remaining]
 	} else {
 		buf = make([]byte, fh.Remaining)
 	}
 	if _, err := io.ReadFull(s.br, buf); err != nil {
-		return pk, release, err
+		return pk, pooled, err
 	}
 	switch fh.Type {
 	case packets.Connect:
@@ -111,7 +110,14 @@ func (s *session) readPacket(fh packets.FixedHeader) (pk packets.Packet, release
 		// server sends.
 		err = fmt.Errorf("%w: packet type %d", packets.ErrProtocolViolation, fh.Type)
 	}
-	return pk, release, err
+	return pk, pooled, err
+}
+
+// releasePacket returns a packet's pooled buffer, if it had one.
+func releasePacket(pooled *[]byte) {
+	if pooled != nil {
+		packetBufs.Put(pooled)
+	}
 }
 
 // write encodes pk for the device and writes it. A packet larger than the
@@ -156,6 +162,20 @@ func (s *session) write(pk packets.Packet) error {
 func (s *session) writeRaw(b []byte) error {
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
+	return s.writeLocked(b)
+}
+
+// writePuback writes a success PUBACK, the common case, without the
+// general encoder: it is the same 4 bytes in MQTT 3.1.1 and 5.
+func (s *session) writePuback(packetID uint16) error {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	s.pubackBuf = [4]byte{packets.Puback << 4, 2, byte(packetID >> 8), byte(packetID)}
+	return s.writeLocked(s.pubackBuf[:])
+}
+
+// writeLocked is writeRaw for a caller that holds wmu.
+func (s *session) writeLocked(b []byte) error {
 	if s.kicked.Load() {
 		return net.ErrClosed // a DISCONNECT is the last packet, and may be out already
 	}
@@ -224,12 +244,12 @@ func (g *Gateway) serveMQTT(s *session) error {
 		}
 		fh, err := s.readFixedHeader(maxPacket)
 		if err == nil {
-			var release func()
-			pk, release, err = s.readPacket(fh)
+			var pooled *[]byte
+			pk, pooled, err = s.readPacket(fh)
 			if err == nil {
 				err = g.handle(s, pk)
 			}
-			release()
+			releasePacket(pooled)
 		}
 		if err != nil {
 			if errors.Is(err, errClientDisconnect) {
@@ -481,14 +501,6 @@ func (g *Gateway) publish(s *session, pk packets.Packet) error {
 		}
 		pk.FixedHeader.Qos = 1 // 3.1.1: served as QoS 1
 	}
-	refuse := func(code packets.Code, kind, detail string) error {
-		s.refusals.Add(1)
-		g.violation(s.deviceID, hostOf(s.remote), kind, detail)
-		if s.version == 5 && pk.FixedHeader.Qos > 0 {
-			return s.write(ack(packets.Puback, pk.PacketID, code))
-		}
-		return nil
-	}
 	d, kind := authorize(s.deviceID, s.quarantined.Load(), pk.TopicName, true)
 	if d != allow {
 		s.refusals.Add(1)
@@ -503,11 +515,11 @@ func (g *Gateway) publish(s *session, pk packets.Packet) error {
 	}
 	if pk.FixedHeader.Retain {
 		if kind != protocol.State {
-			return refuse(packets.ErrRetainNotSupported, ViolationRetain, "retained message on "+clip(pk.TopicName, 200))
+			return g.refusePublish(s, pk, packets.ErrRetainNotSupported, ViolationRetain, "retained message on "+clip(pk.TopicName, 200))
 		}
 	}
 	if len(pk.Payload) > g.lim.MaxPayload {
-		return refuse(packets.ErrPacketTooLarge, ViolationPayloadSize, "payload too large")
+		return g.refusePublish(s, pk, packets.ErrPacketTooLarge, ViolationPayloadSize, "payload too large")
 	}
 	s.mu.Lock()
 	lim := s.msgLim
@@ -517,7 +529,7 @@ func (g *Gateway) publish(s *session, pk packets.Packet) error {
 			// Still flooding after a whole burst of refusals: cut it off.
 			g.kick(s, ReasonRateLimit, packets.ErrMessageRateTooHigh)
 		}
-		return refuse(packets.ErrMessageRateTooHigh, ViolationMsgRate, "message rate too high")
+		return g.refusePublish(s, pk, packets.ErrMessageRateTooHigh, ViolationMsgRate, "message rate too high")
 	}
 	s.overRate.Store(0)
 	code := packets.CodeSuccess
@@ -531,11 +543,21 @@ func (g *Gateway) publish(s *session, pk packets.Packet) error {
 	case pk.FixedHeader.Qos == 0:
 		return nil
 	case code.Code < packets.ErrUnspecifiedError.Code:
-		// The common case, written without the general encoder: a
-		// success PUBACK is the same 4 bytes in MQTT 3.1.1 and 5.
-		return s.writeRaw([]byte{packets.Puback << 4, 2, byte(pk.PacketID >> 8), byte(pk.PacketID)})
+		return s.writePuback(pk.PacketID)
 	}
 	return s.write(ack(packets.Puback, pk.PacketID, code))
+}
+
+// refusePublish counts and records a refused PUBLISH and, for MQTT 5 at
+// QoS 1, answers it with code; MQTT 3.1.1 cannot refuse, so the message is
+// dropped.
+func (g *Gateway) refusePublish(s *session, pk packets.Packet, code packets.Code, kind, detail string) error {
+	s.refusals.Add(1)
+	g.violation(s.deviceID, hostOf(s.remote), kind, detail)
+	if s.version == 5 && pk.FixedHeader.Qos > 0 {
+		return s.write(ack(packets.Puback, pk.PacketID, code))
+	}
+	return nil
 }
 
 // subscribe grants the device's own cmd topic and refuses every other

@@ -99,11 +99,11 @@ func FuzzReadPacket(f *testing.F) {
 			if fh.Remaining+1 > maxPacket {
 				t.Fatalf("a packet of %d bytes read past the maximum %d", fh.Remaining+1, maxPacket)
 			}
-			pk, release, err := s.readPacket(fh)
+			pk, pooled, err := s.readPacket(fh)
 			if err != nil {
 				return
 			}
-			defer release()
+			defer releasePacket(pooled)
 			if len(pk.Payload)+len(pk.TopicName) > fh.Remaining {
 				t.Fatalf("topic and payload of %d bytes from a packet of %d", len(pk.Payload)+len(pk.TopicName), fh.Remaining)
 			}

@@ -52,6 +52,7 @@ type session struct {
 
 	wmu          sync.Mutex // one packet written at a time
 	wdeadlineSet time.Time  // when the write deadline was last moved (under wmu)
+	pubackBuf    [4]byte    // a success PUBACK being written (under wmu)
 
 	omu      sync.Mutex // guards what Ward sends the device
 	sub      byte       // 0, or 1 + the QoS granted on the cmd topic

@@ -95,6 +95,9 @@ type Config struct {
 	// GatewayStatus reports this node's device gateway; nil: GET
 	// /api/v1/gateway answers 503.
 	GatewayStatus func() gateway.Status
+	// Metrics gathers the node's metrics in Prometheus's text format
+	// (package metrics); nil: GET /metrics answers 503.
+	Metrics func() ([]byte, error)
 	// Ready reports whether this node can serve (store reachable, …), for
 	// /readyz. nil means always ready.
 	Ready   func(ctx context.Context) error
@@ -309,7 +312,7 @@ func (s *server) harden(next http.Handler) http.Handler {
 		if r.TLS != nil {
 			h.Set("Strict-Transport-Security", "max-age=63072000")
 		}
-		if strings.HasPrefix(r.URL.Path, "/api/") || r.URL.Path == "/readyz" || r.URL.Path == "/healthz" {
+		if strings.HasPrefix(r.URL.Path, "/api/") || r.URL.Path == "/readyz" || r.URL.Path == "/healthz" || r.URL.Path == "/metrics" {
 			h.Set("Cache-Control", "no-store")
 		}
 		if r.Body != nil {

@@ -8,6 +8,7 @@ import (
 
 	"github.com/wardhq/ward/internal/access"
 	"github.com/wardhq/ward/internal/gateway"
+	"github.com/wardhq/ward/internal/metrics"
 )
 
 // Device gateway: live quarantine, the connection history, and the node's
@@ -101,4 +102,24 @@ func (s *server) gatewayRoutes() {
 		}
 		return &gatewayStatusOutput{Body: s.cfg.GatewayStatus()}, nil
 	})
+	register(s, huma.Operation{
+		OperationID: "metrics", Metadata: perm(access.DevicesRead), Method: http.MethodGet, Path: "/metrics",
+		Summary:     "This node's metrics, in Prometheus's text format",
+		Description: "The device gateway's sessions, refusals and stored messages (the figures of GET /api/v1/gateway, per node, from zero when it starts), Ward's version, and the Go runtime and process. Scrape it with a token that has devices:read.",
+		Tags:        []string{"gateway"},
+	}, func(ctx context.Context, _ *struct{}) (*metricsOutput, error) {
+		if s.cfg.Metrics == nil {
+			return nil, huma.Error503ServiceUnavailable("metrics are not available on this node")
+		}
+		b, err := s.cfg.Metrics()
+		if err != nil {
+			return nil, err
+		}
+		return &metricsOutput{ContentType: metrics.ContentType, Body: b}, nil
+	})
+}
+
+type metricsOutput struct {
+	ContentType string `header:"Content-Type"`
+	Body        []byte
 }

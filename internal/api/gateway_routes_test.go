@@ -2,7 +2,9 @@ package api_test
 
 import (
 	"context"
+	"io"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -12,6 +14,7 @@ import (
 	"github.com/wardhq/ward/internal/audit"
 	"github.com/wardhq/ward/internal/fleet"
 	"github.com/wardhq/ward/internal/gateway"
+	"github.com/wardhq/ward/internal/metrics"
 	"github.com/wardhq/ward/internal/pki"
 	"github.com/wardhq/ward/internal/store"
 	"github.com/wardhq/ward/internal/store/storetest"
@@ -96,5 +99,50 @@ func TestGatewayStatusRoute(t *testing.T) {
 		got.Refused[gateway.ReasonRevoked] != 2 || got.Violations[gateway.ViolationACLPublish] != 5 ||
 		got.Messages.Stored != 40 || got.Messages.Records != 4 || got.Messages.Invalid != 1 {
 		t.Fatalf("status %+v", got)
+	}
+}
+
+// TestMetricsRoute: GET /metrics is Prometheus's text, for a token with
+// devices:read (every role, a viewer's included), and 503 on a node
+// without metrics.
+func TestMetricsRoute(t *testing.T) {
+	get := func(e *apitest.Env, token string) *http.Response {
+		t.Helper()
+		req, _ := http.NewRequest(http.MethodGet, e.Server.URL+"/metrics", nil)
+		if token != "" {
+			req.Header.Set("Authorization", "Bearer "+token)
+		}
+		resp, err := e.Server.Client().Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { resp.Body.Close() })
+		return resp
+	}
+	e := apitest.New(t, storetest.Open(t, store.SQLite), nil)
+	if resp := get(e, e.Token); resp.StatusCode != http.StatusServiceUnavailable {
+		t.Fatalf("without metrics: %d, want 503", resp.StatusCode)
+	}
+	e = apitest.New(t, storetest.Open(t, store.SQLite), func(c *api.Config) {
+		reg, err := metrics.New(metrics.Config{Node: "node-1", Version: "v0.test",
+			Gateway: func() gateway.Status { return gateway.Status{Connected: 3} }})
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Metrics = reg.Text
+	})
+	if resp := get(e, ""); resp.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("without a token: %d, want 401", resp.StatusCode)
+	}
+	// A viewer's token, read-only, is what a Prometheus server needs.
+	viewer, _, err := e.Client.CreateToken(context.Background(), client.TokenRequest{Name: "prometheus", Roles: []string{"viewer"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp := get(e, viewer)
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK || !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/plain; version=0.0.4") ||
+		!strings.Contains(string(body), "\nward_gateway_sessions 3\n") || resp.Header.Get("Cache-Control") != "no-store" {
+		t.Fatalf("metrics: %d %q %q\n%s", resp.StatusCode, resp.Header.Get("Content-Type"), resp.Header.Get("Cache-Control"), body)
 	}
 }

@@ -44,6 +44,7 @@ import (
 	"github.com/wardhq/ward/internal/enroll"
 	"github.com/wardhq/ward/internal/fleet"
 	"github.com/wardhq/ward/internal/gateway"
+	"github.com/wardhq/ward/internal/metrics"
 	"github.com/wardhq/ward/internal/pki"
 	"github.com/wardhq/ward/internal/store"
 )
@@ -207,6 +208,10 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger, opts ...Optio
 		return nil, err
 	}
 	s.sessions, s.approvals = people.sessions, people.approvals
+	reg, err := metrics.New(metrics.Config{Node: cfg.NodeName, Version: Version, Gateway: s.gateway.Status})
+	if err != nil {
+		return nil, err
+	}
 	if s.admin, err = api.New(api.Config{
 		Fleet: s.fleet, Audit: auditLog, Tokens: tokens, CA: s.ca,
 		Users: people.users, SessionStore: people.sessions, Sessions: people.sessions,
@@ -215,6 +220,7 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger, opts ...Optio
 		AuditKey:      s.auditKey.Public(),
 		History:       s.history,
 		GatewayStatus: s.gateway.Status,
+		Metrics:       reg.Text,
 		Ready:         s.readyCheck,
 		Logger:        log.With("component", "api"),
 		Version:       Version,

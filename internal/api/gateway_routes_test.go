@@ -2,7 +2,6 @@ package api_test
 
 import (
 	"context"
-	"io"
 	"net/http"
 	"strings"
 	"testing"
@@ -106,21 +105,8 @@ func TestGatewayStatusRoute(t *testing.T) {
 // devices:read (every role, a viewer's included), and 503 on a node
 // without metrics.
 func TestMetricsRoute(t *testing.T) {
-	get := func(e *apitest.Env, token string) *http.Response {
-		t.Helper()
-		req, _ := http.NewRequest(http.MethodGet, e.Server.URL+"/metrics", nil)
-		if token != "" {
-			req.Header.Set("Authorization", "Bearer "+token)
-		}
-		resp, err := e.Server.Client().Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { resp.Body.Close() })
-		return resp
-	}
 	e := apitest.New(t, storetest.Open(t, store.SQLite), nil)
-	if resp := get(e, e.Token); resp.StatusCode != http.StatusServiceUnavailable {
+	if resp := get(t, e, e.Token, "/metrics"); resp.StatusCode != http.StatusServiceUnavailable {
 		t.Fatalf("without metrics: %d, want 503", resp.StatusCode)
 	}
 	e = apitest.New(t, storetest.Open(t, store.SQLite), func(c *api.Config) {
@@ -131,7 +117,7 @@ func TestMetricsRoute(t *testing.T) {
 		}
 		c.Metrics = reg.Text
 	})
-	if resp := get(e, ""); resp.StatusCode != http.StatusUnauthorized {
+	if resp := get(t, e, "", "/metrics"); resp.StatusCode != http.StatusUnauthorized {
 		t.Fatalf("without a token: %d, want 401", resp.StatusCode)
 	}
 	// A viewer's token, read-only, is what a Prometheus server needs.
@@ -139,10 +125,10 @@ func TestMetricsRoute(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	resp := get(e, viewer)
-	body, _ := io.ReadAll(resp.Body)
+	resp := get(t, e, viewer, "/metrics")
+	body := readAll(t, resp)
 	if resp.StatusCode != http.StatusOK || !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/plain; version=0.0.4") ||
-		!strings.Contains(string(body), "\nward_gateway_sessions 3\n") || resp.Header.Get("Cache-Control") != "no-store" {
+		!strings.Contains(body, "\nward_gateway_sessions 3\n") || resp.Header.Get("Cache-Control") != "no-store" {
 		t.Fatalf("metrics: %d %q %q\n%s", resp.StatusCode, resp.Header.Get("Content-Type"), resp.Header.Get("Cache-Control"), body)
 	}
 }

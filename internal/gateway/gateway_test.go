@@ -257,22 +257,22 @@ func TestQuarantineAndRevokeLive(t *testing.T) {
 // stuck on a device that does not read delays the cut by at most kickWait.
 func TestKickDuringWrite(t *testing.T) {
 	f := newFixture(t, storetest.Open(t, store.SQLite))
-	sessionOf := func(id string) *session {
+	connected := func() (*mqttClient, *session) {
 		t.Helper()
-		ss := f.gw.sessionsOf(id)
-		if len(ss) != 1 {
-			t.Fatalf("%d sessions for %s", len(ss), id)
+		dev := f.newDevice(nil)
+		mc, _, err := f.connect(dev, dev.id)
+		if err != nil {
+			t.Fatal(err)
 		}
-		return ss[0]
+		ss := f.gw.sessionsOf(dev.id)
+		if len(ss) != 1 {
+			t.Fatalf("%d sessions for %s", len(ss), dev.id)
+		}
+		return mc, ss[0]
 	}
 
 	// A write under way: both kicks come while it holds the write lock.
-	dev := f.newDevice(nil)
-	mc, _, err := f.connect(dev, dev.id)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := sessionOf(dev.id)
+	mc, s := connected()
 	s.wmu.Lock()
 	f.gw.kick(s, ReasonRevoked, packets.ErrBanned)
 	f.gw.kick(s, ReasonRevoked, packets.ErrBanned) // the serial's order: must not close first
@@ -291,12 +291,7 @@ func TestKickDuringWrite(t *testing.T) {
 	}
 
 	// A write that never ends: the connection is closed anyway.
-	dev2 := f.newDevice(nil)
-	mc2, _, err := f.connect(dev2, dev2.id)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s2 := sessionOf(dev2.id)
+	mc2, s2 := connected()
 	s2.wmu.Lock()
 	defer s2.wmu.Unlock()
 	start := time.Now()

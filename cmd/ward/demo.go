@@ -154,8 +154,8 @@ simulated, and the demo CA's passphrase is stored beside its key.`,
 				"  Devices", "EST https://"+cfg.DeviceAddr+", MQTT "+cfg.MQTTAddr,
 				"  Data", cfg.Data+removed,
 			)
-			fmt.Fprintf(out, "\nTry:\n  %s device list --limit 1000\n  %s device history %s\n  %s gateway status\n\nCtrl-C stops the fleet and Ward.\n\n",
-				cli, cli, r.specs[0].Serial, cli)
+			fmt.Fprintf(out, "\nTry:\n  %s device list --limit 1000\n  %s device history %s\n  %s gateway status\n  curl -sH \"Authorization: Bearer $(cat %s)\" %s/metrics | grep ^ward_\n\nCtrl-C stops the fleet and Ward.\n\n",
+				cli, cli, r.specs[0].Serial, cli, shellQuote(cfg.AdminTokenPath()), adminURL)
 
 			runErr := r.fleet.Run(ctx)
 			r.endLine()

@@ -6,7 +6,9 @@ package main
 import (
 	"bufio"
 	"encoding/json"
+	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -137,6 +139,18 @@ func TestDemo(t *testing.T) {
 	}
 	if out := string(ward("gateway", "status")); !strings.Contains(out, "Sessions:") || !strings.Contains(out, "Messages stored:") {
 		t.Errorf("ward gateway status:\n%s", out)
+	}
+	// The same figures for Prometheus, with the token the demo printed.
+	req, _ := http.NewRequest(http.MethodGet, "http://"+admin+"/metrics", nil)
+	req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(tok)))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if want := fmt.Sprintf("\nward_gateway_sessions %d\n", devices); resp.StatusCode != http.StatusOK || !strings.Contains(string(body), want) {
+		t.Errorf("/metrics: %d, no %q in\n%s", resp.StatusCode, want, body)
 	}
 	var users []client.User
 	if err := json.Unmarshal(ward("user", "list", "-o", "json"), &struct{ Items *[]client.User }{&users}); err != nil {

@@ -2,6 +2,7 @@ package client
 
 import (
 	"context"
+	"encoding/json"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -104,4 +105,13 @@ func (c *Client) GatewayStatus(ctx context.Context) (GatewayStatus, error) {
 	var out GatewayStatus
 	err := c.do(ctx, http.MethodGet, "/api/v1/gateway", nil, nil, &out)
 	return out, err
+}
+
+// Metrics returns the answering node's metrics (GET /metrics), in
+// Prometheus's text format: the gateway's figures of GatewayStatus, the
+// node's version, the Go runtime and the process.
+func (c *Client) Metrics(ctx context.Context) ([]byte, error) {
+	var raw json.RawMessage // not JSON: do keeps a RawMessage as it came
+	err := c.do(ctx, http.MethodGet, "/metrics", nil, nil, &raw)
+	return raw, err
 }

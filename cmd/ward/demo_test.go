@@ -5,10 +5,10 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -141,16 +141,13 @@ func TestDemo(t *testing.T) {
 		t.Errorf("ward gateway status:\n%s", out)
 	}
 	// The same figures for Prometheus, with the token the demo printed.
-	req, _ := http.NewRequest(http.MethodGet, "http://"+admin+"/metrics", nil)
-	req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(tok)))
-	resp, err := http.DefaultClient.Do(req)
+	api, err := client.New("http://"+admin, strings.TrimSpace(string(tok)))
 	if err != nil {
 		t.Fatal(err)
 	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if want := fmt.Sprintf("\nward_gateway_sessions %d\n", devices); resp.StatusCode != http.StatusOK || !strings.Contains(string(body), want) {
-		t.Errorf("/metrics: %d, no %q in\n%s", resp.StatusCode, want, body)
+	body, err := api.Metrics(context.Background())
+	if want := fmt.Sprintf("\nward_gateway_sessions %d\n", devices); err != nil || !strings.Contains(string(body), want) {
+		t.Errorf("/metrics: %v, no %q in\n%s", err, want, body)
 	}
 	var users []client.User
 	if err := json.Unmarshal(ward("user", "list", "-o", "json"), &struct{ Items *[]client.User }{&users}); err != nil {

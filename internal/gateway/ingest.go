@@ -6,10 +6,12 @@ package gateway
 //
 // # When the device gets its PUBACK
 //
-// The connection's goroutine handles its packets one at a time (broker.go):
-// it calls Ingest.Publish, which stores the message and waits for the
-// stream's ack, and writes the PUBACK only after it returns, so a QoS 1
-// PUBACK is only ever written for a message that the stream has stored.
+// The event loop (loop.go) hands each message to Ingest.PublishAsync with
+// the session's place in its PUBACK order; the PUBACK is written once the
+// message's record is in the stream, by the goroutine that stored it. A
+// session served by its goroutine calls Ingest.Publish, which waits for
+// the same. Either way a QoS 1 PUBACK is only ever written for a message
+// that the stream has stored.
 //
 // Ingest refuses as follows. A payload that is not a v1 JSON object
 // (protocol.CheckPayload): MQTT 5 QoS 1 gets PUBACK 0x99 "payload format
@@ -26,7 +28,7 @@ package gateway
 // Messages are stored in records of many messages of one kind (record.go):
 // one JetStream message, one file write and one stream ack for as many
 // messages as arrived while the previous record of that kind was being
-// stored (see recorder). Each waits for its record's ack, so the rule
+// stored (see recorder). Each is settled by its record's ack, so the rule
 // above holds message by message.
 //
 // # Durability
@@ -305,83 +307,146 @@ func CheckDevicePayload(b []byte) error {
 // not valid is acknowledged and dropped; one the stream did not store
 // closes a 3.1.1 connection (err), so the device resends it.
 func (in *Ingest) Publish(deviceID string, kind protocol.Kind, version byte, pk packets.Packet) (packets.Code, error) {
+	w := &chanWaiter{done: make(chan struct{})}
+	in.PublishAsync(deviceID, kind, version, pk, w)
+	<-w.done
+	return w.code, w.err
+}
+
+// StoreWaiter learns the outcome of a message handed to PublishAsync:
+// the reason code of its PUBACK, or an error that must close an MQTT 3.1.1
+// connection (see Publish).
+type StoreWaiter interface {
+	Stored(code packets.Code, err error)
+}
+
+type chanWaiter struct {
+	code packets.Code
+	err  error
+	done chan struct{}
+}
+
+func (w *chanWaiter) Stored(code packets.Code, err error) { w.code, w.err = code, err; close(w.done) }
+
+// PublishAsync is Publish without the wait: it copies what it needs of pk
+// before it returns (pk's buffers may be reused at once), and tells w the
+// outcome, from another goroutine once the message's record is stored, or
+// before it returns when the message needs no storing (refused, or a
+// redelivery already stored). The gateway's event loop uses it, so that no
+// goroutine waits on the store per message.
+func (in *Ingest) PublishAsync(deviceID string, kind protocol.Kind, version byte, pk packets.Packet, w StoreWaiter) {
 	if !kind.Publishable() {
 		in.unauthorized.Add(1)
-		return packets.ErrNotAuthorized, nil
+		w.Stored(packets.ErrNotAuthorized, nil)
+		return
 	}
 	id := deviceID
 	if err := CheckDevicePayload(pk.Payload); err != nil {
 		in.invalid.Add(1)
 		in.log.Info("device payload refused", "device", id, "kind", kind, "bytes", len(pk.Payload), "err", err)
 		if version < 5 {
-			return packets.CodeSuccess, nil
+			w.Stored(packets.CodeSuccess, nil)
+			return
 		}
-		return packets.Code{Code: packets.ErrPayloadFormatInvalid.Code, Reason: err.Error()}, nil
+		w.Stored(packets.Code{Code: packets.ErrPayloadFormatInvalid.Code, Reason: err.Error()}, nil)
+		return
 	}
 	at := in.cfg.Now().UTC()
-	dup, err := in.store(pk, id, kind, at)
-	if err != nil {
-		in.failed.Add(1)
-		in.log.Error("device message not stored", "device", id, "kind", kind, "qos", pk.FixedHeader.Qos, "err", err)
-		if pk.FixedHeader.Qos > 0 && version < 5 {
-			// MQTT 3.1.1 cannot refuse a PUBLISH: withhold the PUBACK and
-			// close the connection; the client resends after reconnecting.
-			return packets.Code{}, errIngestNotStored
-		}
-		return packets.Code{Code: packets.ErrUnspecifiedError.Code, Reason: "message not stored, send it again"}, nil
-	}
-	if dup {
-		in.duplicates.Add(1)
-	} else {
-		in.stored.Add(1)
-	}
-	if in.cfg.Registry != nil {
-		in.seenMu.Lock()
-		if last, ok := in.seen[id]; !ok || at.After(last) {
-			in.seen[id] = at
-		}
-		in.seenMu.Unlock()
-	}
-	return packets.CodeSuccess, nil
-}
-
-var errIngestNotStored = errors.New("gateway: message not stored")
-
-// store adds the message to its kind's next record and waits until the
-// stream stored the record. It reports whether the message was a
-// redelivery this node had already stored (and so did not store it again).
-func (in *Ingest) store(pk packets.Packet, id string, kind protocol.Kind, now time.Time) (duplicate bool, err error) {
-	qos := min(pk.FixedHeader.Qos, 1)
+	m := recordMsg{device: id, kind: kind, version: version, qos: min(pk.FixedHeader.Qos, 1), at: at, w: w}
 	var idBuf [msgIDBufLen]byte
 	msgID := idBuf[:0]
-	if qos > 0 {
-		key := dedupKey(pk.PacketID, pk.Payload)
-		seen := in.dedup.seen(id, key, now)
+	if m.qos > 0 {
+		m.key = dedupKey(pk.PacketID, pk.Payload)
+		m.keyed = true
+		seen := in.dedup.seen(id, m.key, at)
 		if seen && pk.FixedHeader.Dup {
-			return true, nil // a redelivery of a message stored here
+			in.duplicates.Add(1) // a redelivery of a message stored here
+			in.noteSeen(id, at)
+			w.Stored(packets.CodeSuccess, nil)
+			return
 		}
-		msgID = appendMsgID(msgID, id, key)
+		msgID = appendMsgID(msgID, id, m.key)
 		if seen {
 			// A new message that reuses a packet id for the same bytes
 			// within the window: not a redelivery, a unique id.
 			msgID = append(msgID, '-')
-			msgID = strconv.AppendInt(msgID, now.UnixNano(), 36)
+			msgID = strconv.AppendInt(msgID, at.UnixNano(), 36)
 		}
-		defer func() {
-			if err == nil {
-				in.dedup.add(id, key, now)
-			}
-		}()
 	}
-	r := in.recorders[kindIndex(kind)]
-	return false, r.add(id, now, qos, pk.FixedHeader.Retain, msgID, pk.Payload)
+	in.recorders[kindIndex(kind)].add(m, pk.FixedHeader.Retain, msgID, pk.Payload)
+}
+
+var errIngestNotStored = errors.New("gateway: message not stored")
+
+// noteSeen notes a device's stored message for last_seen_at.
+func (in *Ingest) noteSeen(id string, at time.Time) {
+	if in.cfg.Registry == nil {
+		return
+	}
+	in.seenMu.Lock()
+	if last, ok := in.seen[id]; !ok || at.After(last) {
+		in.seen[id] = at
+	}
+	in.seenMu.Unlock()
+}
+
+// recordMsg is a message in a record being gathered or stored: what its
+// outcome updates, and who waits for it.
+type recordMsg struct {
+	device  string
+	kind    protocol.Kind
+	version byte
+	qos     byte
+	keyed   bool
+	key     [14]byte
+	at      time.Time
+	w       StoreWaiter
+}
+
+// settle tells the messages of a record its outcome, once it is known.
+func (in *Ingest) settle(msgs []recordMsg, err error) {
+	if err != nil {
+		in.failed.Add(uint64(len(msgs)))
+		in.log.Error("device messages not stored", "messages", len(msgs), "kind", msgs[0].kind, "err", err)
+		for i := range msgs {
+			m := &msgs[i]
+			if m.qos > 0 && m.version < 5 {
+				// MQTT 3.1.1 cannot refuse a PUBLISH: withhold the PUBACK
+				// and close the connection; the client resends after
+				// reconnecting.
+				m.w.Stored(packets.Code{}, errIngestNotStored)
+				continue
+			}
+			m.w.Stored(packets.Code{Code: packets.ErrUnspecifiedError.Code, Reason: "message not stored, send it again"}, nil)
+		}
+		return
+	}
+	in.stored.Add(uint64(len(msgs)))
+	for i := range msgs {
+		if m := &msgs[i]; m.keyed {
+			in.dedup.add(m.device, m.key, m.at)
+		}
+	}
+	if in.cfg.Registry != nil {
+		in.seenMu.Lock()
+		for i := range msgs {
+			m := &msgs[i]
+			if last, ok := in.seen[m.device]; !ok || m.at.After(last) {
+				in.seen[m.device] = m.at
+			}
+		}
+		in.seenMu.Unlock()
+	}
+	for i := range msgs {
+		msgs[i].w.Stored(packets.CodeSuccess, nil)
+	}
 }
 
 // Records. A device message is stored as part of a record of its kind
-// (record.go): the first message of a kind starts a record and stores it;
-// messages that arrive while a record is being stored gather in the next
-// one, which a flusher goroutine stores, up to maxRecordMessages or
-// maxRecordBytes. One record per kind is in flight at a time, so a quiet
+// (record.go): the first message of a kind starts a record and a flusher
+// goroutine that stores it; messages that arrive while a record is being
+// stored gather in the next one, which the flusher stores next, up to
+// maxRecordMessages or maxRecordBytes. One record per kind is in flight at a time, so a quiet
 // node stores each message on its own and a busy one stores hundreds in
 // one JetStream message, one file write and one ack. Every message of a
 // record learns the record's outcome.
@@ -419,70 +484,43 @@ const (
 // pendingRecord is a record being gathered or stored.
 type pendingRecord struct {
 	data    []byte
-	n       int
+	msgs    []recordMsg
 	created time.Time
-	done    chan struct{} // closed when err is set
-	err     error
 }
 
 var recordBufs = sync.Pool{New: func() any { b := make([]byte, 0, 4096); return &b }}
 
-// add adds a message to the record being gathered and waits for the
-// record's outcome.
-func (r *recorder) add(deviceID string, at time.Time, qos byte, retain bool, msgID, payload []byte) error {
-	size := len(deviceID) + len(msgID) + len(payload) + 3*binary.MaxVarintLen64 + 1
+// add adds a message to the record being gathered; its waiter learns the
+// record's outcome from the goroutine that stores it.
+func (r *recorder) add(m recordMsg, retain bool, msgID, payload []byte) {
+	size := len(m.device) + len(msgID) + len(payload) + 3*binary.MaxVarintLen64 + 1
 	r.mu.Lock()
 	var p *pendingRecord
 	if n := len(r.queue); n > 0 {
-		if last := r.queue[n-1]; last.n < maxRecordMessages && len(last.data)+size <= maxRecordBytes {
+		if last := r.queue[n-1]; len(last.msgs) < maxRecordMessages && len(last.data)+size <= maxRecordBytes {
 			p = last
 		}
 	}
 	if p == nil {
 		bp := recordBufs.Get().(*[]byte)
-		p = &pendingRecord{data: (*bp)[:0], created: time.Now(), done: make(chan struct{})}
+		p = &pendingRecord{data: (*bp)[:0], created: time.Now()}
 		r.queue = append(r.queue, p)
 	}
-	p.data = appendMessage(p.data, deviceID, at, qos, retain, msgID, payload)
-	if p.n++; p.n == recordEnough {
+	p.data = appendMessage(p.data, m.device, m.at, m.qos, retain, msgID, payload)
+	p.msgs = append(p.msgs, m)
+	if len(p.msgs) == recordEnough {
 		select {
 		case r.enough <- struct{}{}:
 		default:
 		}
 	}
-	if r.running {
-		r.mu.Unlock()
-		<-p.done
-		return p.err
-	}
-	if time.Since(r.started) < recordInterval {
-		// No record is being stored, but one started less than
-		// recordInterval ago: a flusher stores this one when it is due,
-		// with what arrives meanwhile.
+	if !r.running {
+		// The flusher stores it: at once on a quiet node, whose last
+		// record started more than recordInterval ago, or when due.
 		r.running = true
-		r.mu.Unlock()
 		go r.flush()
-		<-p.done
-		return p.err
-	}
-	// No record is being stored: this goroutine stores its own record at
-	// once (a quiet node's every message), and leaves what gathered
-	// meanwhile to a flusher.
-	r.running = true
-	r.queue[0] = nil
-	r.queue = r.queue[1:]
-	r.started = time.Now()
-	r.mu.Unlock()
-	r.store(p)
-	r.mu.Lock()
-	if len(r.queue) > 0 {
-		go r.flush()
-	} else {
-		r.running = false
-		r.queue = nil
 	}
 	r.mu.Unlock()
-	return p.err
 }
 
 // flush stores the queued records one after the other until the queue is
@@ -499,7 +537,7 @@ func (r *recorder) flush() {
 			return
 		}
 		p := r.queue[0]
-		if wait := recordInterval - time.Since(r.started); wait > 0 && len(r.queue) == 1 && p.n < recordEnough {
+		if wait := recordInterval - time.Since(r.started); wait > 0 && len(r.queue) == 1 && len(p.msgs) < recordEnough {
 			r.mu.Unlock()
 			t := time.NewTimer(wait)
 			select {
@@ -517,19 +555,20 @@ func (r *recorder) flush() {
 	}
 }
 
-// store stores one record and tells its messages' goroutines.
+// store stores one record and tells its messages' waiters.
 func (r *recorder) store(p *pendingRecord) {
+	var err error
 	if waited := time.Since(p.created); waited > r.in.cfg.StoreTimeout {
-		p.err = fmt.Errorf("not stored: waited %s behind earlier records", waited.Round(time.Millisecond))
+		err = fmt.Errorf("not stored: waited %s behind earlier records", waited.Round(time.Millisecond))
 	} else {
-		p.err = r.in.publishRecord(r.subject, p)
+		err = r.in.publishRecord(r.subject, p)
 	}
 	data := p.data
 	p.data = nil
-	close(p.done)
 	if cap(data) <= 2*maxRecordBytes {
 		recordBufs.Put(&data)
 	}
+	r.in.settle(p.msgs, err)
 }
 
 // publishRecord stores one record and waits for the stream's ack. The

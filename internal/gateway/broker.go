@@ -2,16 +2,18 @@ package gateway
 
 // The MQTT side of a device connection. Each connection has one goroutine
 // (serveMQTT, started by the listener after the TLS handshake) that reads
-// its packets and handles them in order; what the connection writes (acks,
-// commands, DISCONNECT) goes out under the session's write lock. There is
-// no broker between devices: a device publishes only to Ward (ingest) and
-// subscribes only to its own cmd topic, on which only Ward publishes, so
-// the gateway keeps no topic tree and no retained messages.
+// CONNECT and answers it; it then hands the session to an event loop
+// (loop.go) and ends, or, where there is none, goes on reading the
+// session's packets and handling them in order. What the connection writes
+// (acks, commands, DISCONNECT) goes out under the session's write lock.
+// There is no broker between devices: a device publishes only to Ward
+// (ingest) and subscribes only to its own cmd topic, on which only Ward
+// publishes, so the gateway keeps no topic tree and no retained messages.
 //
-// An idle connection is one goroutine parked in the TLS read with a few
-// frames on its stack, a 512-byte read buffer and the session: the memory
-// a held connection costs is mostly the TLS connection's own
-// (bench/README.md).
+// An idle connection held by the event loop is its socket in an epoll set,
+// the TLS connection and the session, with no goroutine and no buffer of
+// its own: the memory a held connection costs is mostly the TLS
+// connection's (bench/README.md).
 //
 // The packet codec is mochi-mqtt's (packets), MQTT 5 and 3.1.1.
 
@@ -89,27 +91,7 @@ func (s *session) readPacket(fh packets.FixedHeader) (pk packets.Packet, pooled 
 	if _, err := io.ReadFull(s.br, buf); err != nil {
 		return pk, pooled, err
 	}
-	switch fh.Type {
-	case packets.Connect:
-		err = pk.ConnectDecode(buf)
-	case packets.Disconnect:
-		err = pk.DisconnectDecode(buf)
-	case packets.Publish:
-		err = pk.PublishDecode(buf)
-	case packets.Puback:
-		err = pk.PubackDecode(buf)
-	case packets.Subscribe:
-		err = pk.SubscribeDecode(buf)
-	case packets.Unsubscribe:
-		err = pk.UnsubscribeDecode(buf)
-	case packets.Pingreq:
-	case packets.Auth:
-		err = pk.AuthDecode(buf)
-	default:
-		// PUBREC, PUBREL, PUBCOMP (no QoS 2 here), and packets only a
-		// server sends.
-		err = fmt.Errorf("%w: packet type %d", packets.ErrProtocolViolation, fh.Type)
-	}
+	pk, err = decodePacket(fh, s.version, buf)
 	return pk, pooled, err
 }
 
@@ -230,7 +212,9 @@ func (g *Gateway) serveMQTT(s *session) error {
 	if err := g.connect(s, pk); err != nil {
 		return err
 	}
-	defer g.closed(s)
+	if err := g.handoff(s); err != nil {
+		return err // errHandedOff: a poller serves it now
+	}
 	// The read deadline is 1.5 × keepalive after the last packet, moved
 	// at most once a second or a quarter of it (moving it is a timer
 	// update).
@@ -511,7 +495,7 @@ func (g *Gateway) publish(s *session, pk packets.Packet) error {
 		case s.version < 5:
 			return packets.ErrNotAuthorized
 		}
-		return s.write(ack(packets.Puback, pk.PacketID, packets.ErrNotAuthorized))
+		return g.answer(s, pk.PacketID, packets.ErrNotAuthorized)
 	}
 	if pk.FixedHeader.Retain {
 		if kind != protocol.State {
@@ -532,6 +516,9 @@ func (g *Gateway) publish(s *session, pk packets.Packet) error {
 		return g.refusePublish(s, pk, packets.ErrMessageRateTooHigh, ViolationMsgRate, "message rate too high")
 	}
 	s.overRate.Store(0)
+	if s.polled {
+		return g.publishAsync(s, pk, kind)
+	}
 	code := packets.CodeSuccess
 	if g.ingest != nil { // without ingest (tests), a message is taken and dropped
 		var err error
@@ -555,8 +542,41 @@ func (g *Gateway) refusePublish(s *session, pk packets.Packet, code packets.Code
 	s.refusals.Add(1)
 	g.violation(s.deviceID, hostOf(s.remote), kind, detail)
 	if s.version == 5 && pk.FixedHeader.Qos > 0 {
-		return s.write(ack(packets.Puback, pk.PacketID, code))
+		return g.answer(s, pk.PacketID, code)
 	}
+	return nil
+}
+
+// answer answers a PUBLISH at once: in its place among the PUBACKs that
+// wait for their store when a poller serves the session.
+func (g *Gateway) answer(s *session, packetID uint16, code packets.Code) error {
+	if !s.polled {
+		return s.write(ack(packets.Puback, packetID, code))
+	}
+	a, err := g.queueAck(s, packetID)
+	if err != nil {
+		return err
+	}
+	a.Stored(code, nil)
+	return nil
+}
+
+// publishAsync hands an authorised message to ingest without waiting: its
+// PUBACK follows when it is stored (loop.go).
+func (g *Gateway) publishAsync(s *session, pk packets.Packet, kind protocol.Kind) error {
+	var w StoreWaiter = noAck{}
+	if pk.FixedHeader.Qos > 0 {
+		a, err := g.queueAck(s, pk.PacketID)
+		if err != nil {
+			return err
+		}
+		w = a
+	}
+	if g.ingest == nil { // without ingest (tests), a message is taken and dropped
+		w.Stored(packets.CodeSuccess, nil)
+		return nil
+	}
+	g.ingest.PublishAsync(s.deviceID, kind, s.version, pk, w)
 	return nil
 }
 

@@ -3,6 +3,7 @@ package gateway
 import (
 	"bufio"
 	"bytes"
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
@@ -55,7 +56,9 @@ func FuzzAuthorize(f *testing.F) {
 
 // FuzzReadPacket: whatever bytes a device sends, the session's reader
 // returns packets or an error, never panics, never reads a packet longer
-// than the maximum, and never hands on more payload than the packet held.
+// than the maximum, and never hands on more payload than the packet held;
+// the event loop's parser (loop.go) reads the same packets from the same
+// bytes, and none that the reader refused.
 func FuzzReadPacket(f *testing.F) {
 	id := "abcdefghijklmnopqrstuvwxyz"
 	enc := func(pk packets.Packet) []byte {
@@ -90,25 +93,55 @@ func FuzzReadPacket(f *testing.F) {
 	f.Add(byte(4), []byte("GET / HTTP/1.1\r\n\r\n"))
 	const maxPacket = 4096 + 1024
 	f.Fuzz(func(t *testing.T, version byte, data []byte) {
+		// The goroutine's reader.
+		var read []string
 		s := &session{version: 4 + version%2, br: bufio.NewReaderSize(bytes.NewReader(data), readBufferSize)}
 		for range 64 {
 			fh, err := s.readFixedHeader(maxPacket)
 			if err != nil {
-				return
+				break
 			}
 			if fh.Remaining+1 > maxPacket {
 				t.Fatalf("a packet of %d bytes read past the maximum %d", fh.Remaining+1, maxPacket)
 			}
 			pk, pooled, err := s.readPacket(fh)
 			if err != nil {
-				return
+				break
 			}
-			defer releasePacket(pooled)
 			if len(pk.Payload)+len(pk.TopicName) > fh.Remaining {
 				t.Fatalf("topic and payload of %d bytes from a packet of %d", len(pk.Payload)+len(pk.TopicName), fh.Remaining)
 			}
+			read = append(read, fmt.Sprintf("%d/%d %q %q", fh.Type, fh.Remaining, pk.TopicName, pk.Payload))
+			releasePacket(pooled)
 			if pk.FixedHeader.Type == packets.Connect {
 				s.version = pk.ProtocolVersion
+			}
+		}
+		// The event loop's parser, on the same bytes: the same packets,
+		// and never one the reader refused.
+		var parsed []string
+		v, b := 4+version%2, data
+		for range 64 {
+			fh, n, err := parseFixedHeader(b, maxPacket)
+			if err != nil || n == 0 || len(b) < n+fh.Remaining {
+				break
+			}
+			pk, err := decodePacket(fh, v, b[n:n+fh.Remaining])
+			if err != nil {
+				break
+			}
+			parsed = append(parsed, fmt.Sprintf("%d/%d %q %q", fh.Type, fh.Remaining, pk.TopicName, pk.Payload))
+			b = b[n+fh.Remaining:]
+			if pk.FixedHeader.Type == packets.Connect {
+				v = pk.ProtocolVersion
+			}
+		}
+		if len(parsed) > len(read) {
+			t.Fatalf("the loop's parser took %d packets, the reader %d", len(parsed), len(read))
+		}
+		for i := range parsed {
+			if parsed[i] != read[i] {
+				t.Fatalf("packet %d: loop %s, reader %s", i, parsed[i], read[i])
 			}
 		}
 	})

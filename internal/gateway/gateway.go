@@ -65,10 +65,13 @@
 //
 // # The MQTT server (broker.go)
 //
-// Each connection is served by one goroutine of the gateway's own, with
-// the MQTT packet codec of github.com/mochi-mqtt/server/v2/packets. There
-// is no routing between devices: what a device publishes goes to ingest
-// (AddHook), what it receives comes from commands.
+// A connection's TLS handshake and CONNECT run on a goroutine of its own;
+// on Linux an established session is then served by an event loop
+// (loop.go, poll_linux.go: epoll, one loop per processor), elsewhere by
+// its goroutine. The MQTT packet codec is
+// github.com/mochi-mqtt/server/v2/packets. There is no routing between
+// devices: what a device publishes goes to ingest (AddHook), what it
+// receives comes from commands.
 package gateway
 
 import (
@@ -288,6 +291,7 @@ func (g *Gateway) Run(ctx context.Context) error {
 			return err
 		}
 	}
+	g.ln.startPollers()
 	g.ln.wg.Go(g.ln.accept)
 	g.log.Info("MQTT device gateway (mutual TLS 1.3)", "addr", g.Addr().String())
 	<-ctx.Done()

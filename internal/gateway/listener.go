@@ -22,11 +22,13 @@ import (
 // refusal is recorded with its address), checks the device's connection
 // rate, then serves the MQTT session and records how it ended.
 type listener struct {
-	g      *Gateway
-	ln     net.Listener
-	wg     sync.WaitGroup
-	active atomic.Int64
-	end    atomic.Bool
+	g       *Gateway
+	ln      net.Listener
+	wg      sync.WaitGroup
+	active  atomic.Int64
+	end     atomic.Bool
+	pollers []*poller // serve established sessions (loop.go); none: their goroutines do
+	next    atomic.Uint32
 }
 
 // close stops accepting and ends every connection: sessions with a
@@ -96,7 +98,6 @@ func (l *listener) accept() {
 			l.wg.Add(1)
 			go func() {
 				defer l.wg.Done()
-				defer l.active.Add(-1)
 				l.serve(s)
 			}()
 		}()
@@ -162,6 +163,10 @@ func tlsVersionName(v uint16) string {
 func (l *listener) admit(c net.Conn) *session {
 	g := l.g
 	remote := c.RemoteAddr().String()
+	var rc *rawConn
+	if len(l.pollers) > 0 {
+		c, rc = newRawConn(c)
+	}
 	tc := tls.Server(c, g.tlsCfg)
 	ctx, cancel := context.WithTimeout(context.Background(), g.lim.HandshakeTimeout)
 	err := tc.HandshakeContext(ctx)
@@ -185,6 +190,7 @@ func (l *listener) admit(c net.Conn) *session {
 	id, _ := pki.DeviceIDFromCert(leaf) // verified in the handshake
 	s := &session{
 		conn:       tc,
+		rc:         rc,
 		deviceID:   id,
 		serial:     fleet.CertSerial(leaf),
 		remote:     remote,
@@ -210,22 +216,38 @@ func (l *listener) admit(c net.Conn) *session {
 }
 
 // serve runs an admitted connection's MQTT session and records how it
-// ended.
+// ended, unless a poller took the session over (loop.go): then the
+// poller records it, and holds the listener's wait group until then.
 func (l *listener) serve(s *session) {
-	g := l.g
-	defer func() {
-		// A kicked session's connection is closed by the kick, after its
-		// DISCONNECT, which may still wait for a write under way.
-		if !s.kicked.Load() {
-			_ = s.conn.Close()
-		}
-	}()
-	defer g.removeSession(s)
 	if l.end.Load() {
+		l.endSession(s, nil, false)
 		return
 	}
-	err := g.serveMQTT(s)
-	g.finish(s, err)
+	err := l.g.serveMQTT(s)
+	if errors.Is(err, errHandedOff) {
+		l.wg.Add(1) // done by endPolled
+		return
+	}
+	l.endSession(s, err, true)
+}
+
+// endSession records how a session ended (unless record is false) and lets
+// its connection go.
+func (l *listener) endSession(s *session, err error, record bool) {
+	g := l.g
+	if s.phase.Load() == phaseOpen {
+		g.closed(s)
+	}
+	if record {
+		g.finish(s, err)
+	}
+	g.removeSession(s)
+	// A kicked session's connection is closed by the kick, after its
+	// DISCONNECT, which may still wait for a write under way.
+	if !s.kicked.Load() {
+		_ = s.conn.Close()
+	}
+	l.active.Add(-1)
 }
 
 // handshakeFailure names a handshake error without echoing peer bytes.

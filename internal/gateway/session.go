@@ -25,6 +25,7 @@ const (
 // from orders and commands.
 type session struct {
 	conn       net.Conn
+	rc         *rawConn // the TCP connection under conn; nil when not TCP
 	deviceID   string
 	serial     string
 	remote     string
@@ -53,6 +54,15 @@ type session struct {
 	wmu          sync.Mutex // one packet written at a time
 	wdeadlineSet time.Time  // when the write deadline was last moved (under wmu)
 	pubackBuf    [4]byte    // a success PUBACK being written (under wmu)
+
+	// Served by a poller (loop.go): set once before the poller has it;
+	// in and lastInput belong to the poller's goroutine.
+	polled    bool
+	in        []byte
+	lastInput time.Time
+
+	amu  sync.Mutex
+	acks []*pubAck // QoS 1 PUBLISHes not yet answered, in order (polled)
 
 	omu      sync.Mutex // guards what Ward sends the device
 	sub      byte       // 0, or 1 + the QoS granted on the cmd topic

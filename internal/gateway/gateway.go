@@ -119,6 +119,10 @@ type Config struct {
 	HistoryRetention time.Duration
 	Logger           *slog.Logger
 	Now              func() time.Time
+
+	// noPoller serves every session on its goroutine, as where epoll is
+	// not available (tests of that path).
+	noPoller bool
 }
 
 // Gateway is the device MQTT server. Build it with New, add ingest and
@@ -291,7 +295,9 @@ func (g *Gateway) Run(ctx context.Context) error {
 			return err
 		}
 	}
-	g.ln.startPollers()
+	if !g.cfg.noPoller {
+		g.ln.startPollers()
+	}
 	g.ln.wg.Go(g.ln.accept)
 	g.log.Info("MQTT device gateway (mutual TLS 1.3)", "addr", g.Addr().String())
 	<-ctx.Done()

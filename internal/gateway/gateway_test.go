@@ -37,9 +37,25 @@ func subscribe(t *testing.T, mc *mqttClient, filter string) byte {
 
 // TestOwnTopicsAndRefusals is acceptance 1 with paho.golang: own topics
 // work; everything else is refused and recorded.
+// sessionModes are the two ways a session is served: by the event loop
+// (Linux), and by its goroutine (elsewhere).
+var sessionModes = []struct {
+	name   string
+	adjust func(*Config)
+}{
+	{"loop", func(*Config) {}},
+	{"goroutine", func(c *Config) { c.noPoller = true }},
+}
+
 func TestOwnTopicsAndRefusals(t *testing.T) {
+	for _, m := range sessionModes {
+		t.Run(m.name, func(t *testing.T) { testOwnTopicsAndRefusals(t, m.adjust) })
+	}
+}
+
+func testOwnTopicsAndRefusals(t *testing.T, adjust func(*Config)) {
 	storetest.Each(t, func(t *testing.T, st *store.Store) {
-		f := newFixture(t, st)
+		f := newFixture(t, st, adjust)
 		dev := f.newDevice(nil)
 		other := f.newDevice(nil)
 
@@ -177,8 +193,14 @@ func TestOwnTopicsAndRefusals(t *testing.T) {
 // connected session within a second, a release restores it, and a
 // revocation disconnects it within a second and refuses it afterwards.
 func TestQuarantineAndRevokeLive(t *testing.T) {
+	for _, m := range sessionModes {
+		t.Run(m.name, func(t *testing.T) { testQuarantineAndRevokeLive(t, m.adjust) })
+	}
+}
+
+func testQuarantineAndRevokeLive(t *testing.T, adjust func(*Config)) {
 	storetest.Each(t, func(t *testing.T, st *store.Store) {
-		f := newFixture(t, st)
+		f := newFixture(t, st, adjust)
 		dev := f.newDevice(nil)
 		mc, _, err := f.connect(dev, dev.id)
 		if err != nil {

@@ -21,6 +21,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -689,4 +690,48 @@ func TestPubacksInOrder(t *testing.T) {
 			t.Errorf("%s: %d messages stored, want %d", k, n, want[k])
 		}
 	}
+}
+
+// A device that sends more QoS 1 messages than the Receive Maximum the
+// CONNACK announced, without waiting for their PUBACKs, is cut off with
+// 0x93 (the event loop takes packets as fast as they come; a session on
+// its goroutine takes one at a time, so it never gets there).
+func TestReceiveMaximumEnforced(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("sessions are served by the event loop on Linux only")
+	}
+	r := newIngRig(t, storetest.Open(t, store.SQLite))
+	id, cert := r.device(t)
+	raw := r.raw5(t, id, cert)
+	var burst bytes.Buffer
+	const n = 4 * gateway.DefaultMaxInflight
+	for pid := uint16(1); pid <= n; pid++ {
+		cp := packets.NewControlPacket(packets.PUBLISH)
+		p := cp.Content.(*packets.Publish)
+		p.Topic, p.QoS, p.PacketID, p.Payload, p.Properties = protocol.Topic(id, protocol.Telemetry), 1, pid, []byte(`{"v":1}`), &packets.Properties{}
+		if _, err := cp.WriteTo(&burst); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := raw.conn.Write(burst.Bytes()); err != nil { // one write: they arrive together
+		t.Fatal(err)
+	}
+	acks := 0
+	for {
+		cp := raw.read()
+		if d, ok := cp.Content.(*packets.Disconnect); ok {
+			if d.ReasonCode != 0x93 {
+				t.Fatalf("DISCONNECT 0x%02x, want 0x93 (receive maximum exceeded)", d.ReasonCode)
+			}
+			break
+		}
+		if _, ok := cp.Content.(*packets.Puback); !ok {
+			t.Fatalf("got %v", cp)
+		}
+		acks++
+	}
+	if acks >= n {
+		t.Fatalf("%d PUBACKs for %d messages sent past the Receive Maximum", acks, n)
+	}
+	t.Logf("%d messages sent at once, %d acknowledged before the DISCONNECT", n, acks)
 }

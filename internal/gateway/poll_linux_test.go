@@ -1,0 +1,134 @@
+//go:build linux
+
+package gateway
+
+import (
+	"encoding/binary"
+	"errors"
+	"io"
+	"net"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// TestRawConnWritesNeverBlock: once detached, a connection's writes never
+// block: what the socket does not take waits in order until the poller
+// flushes it, and a peer that does not read is refused once
+// maxPendingOut waits, rather than growing the node's memory.
+func TestRawConnWritesNeverBlock(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	peer, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer peer.Close()
+	c, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, rc := newRawConn(c)
+	epfd, err := syscall.EpollCreate1(syscall.EPOLL_CLOEXEC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Close(epfd)
+	pl := &poller{epfd: epfd, sessions: map[int32]*session{}}
+	if err := rc.detach(pl); err != nil {
+		t.Fatal(err)
+	}
+	ev := syscall.EpollEvent{Events: syscall.EPOLLIN, Fd: int32(rc.fd)}
+	if err := syscall.EpollCtl(epfd, syscall.EPOLL_CTL_ADD, rc.fd, &ev); err != nil {
+		t.Fatal(err)
+	}
+
+	// Numbered 1 KiB chunks until the socket and the queue are full.
+	chunk := make([]byte, 1024)
+	var sent uint32
+	var refused error
+	start := time.Now()
+	for sent < 1<<20 {
+		binary.BigEndian.PutUint32(chunk, sent)
+		n, err := rc.Write(chunk)
+		if err != nil {
+			refused = err
+			if n != 0 {
+				t.Fatalf("a refused write took %d bytes", n)
+			}
+			break
+		}
+		sent++
+	}
+	if took := time.Since(start); took > 2*time.Second {
+		t.Errorf("writes blocked for %v", took)
+	}
+	if !errors.Is(refused, errSlowReader) {
+		t.Fatalf("a peer that does not read: %v after %d KiB, want errSlowReader", refused, sent)
+	}
+	if pending := len(rc.out); pending == 0 || pending > maxPendingOut {
+		t.Fatalf("%d bytes pending, want 1..%d", pending, maxPendingOut)
+	}
+	if !rc.stuck(time.Now().Add(time.Minute), time.Second) {
+		t.Error("output waiting a minute is not reported stuck")
+	}
+
+	// The peer reads; the poller flushes on EPOLLOUT; every chunk arrives
+	// once, in order.
+	got := make(chan error, 1)
+	go func() {
+		buf := make([]byte, 1024)
+		for i := uint32(0); i < sent; i++ {
+			if _, err := io.ReadFull(peer, buf); err != nil {
+				got <- err
+				return
+			}
+			if n := binary.BigEndian.Uint32(buf); n != i {
+				got <- errors.New("chunks out of order")
+				return
+			}
+		}
+		got <- nil
+	}()
+	events := make([]syscall.EpollEvent, 4)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		rc.mu.Lock()
+		left := len(rc.out)
+		rc.mu.Unlock()
+		if left == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d bytes still pending", left)
+		}
+		n, _ := syscall.EpollWait(epfd, events, 100)
+		for i := 0; i < n; i++ {
+			if events[i].Events&syscall.EPOLLOUT != 0 {
+				rc.flushOut()
+			}
+		}
+	}
+	if err := <-got; err != nil {
+		t.Fatal(err)
+	}
+
+	// Close shuts the socket down (the peer sees its end); release closes it.
+	if err := rc.Close(); err != nil {
+		t.Fatal(err)
+	}
+	_ = peer.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := peer.Read(make([]byte, 1)); err != io.EOF {
+		t.Fatalf("peer read after Close: %v, want EOF", err)
+	}
+	if _, err := rc.Write(chunk); !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("write after Close: %v", err)
+	}
+	rc.release(false)
+	if rc.fd != -1 {
+		t.Fatal("descriptor not released")
+	}
+}

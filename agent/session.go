@@ -12,7 +12,6 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/eclipse/paho.golang/packets"
 	"github.com/eclipse/paho.golang/paho"
 
 	"github.com/wardhq/ward/protocol"
@@ -76,7 +75,7 @@ func (a *Agent) session(ctx context.Context, op []*x509.Certificate, cmds chan<-
 	serverGone := make(chan *paho.Disconnect, 1)
 	c := paho.NewClient(paho.ClientConfig{
 		ClientID:      id,
-		Conn:          packets.NewThreadSafeConn(tc),
+		Conn:          NewPacketConn(tc), // one write, one TLS record, per packet
 		PacketTimeout: a.cfg.PacketTimeout,
 		OnPublishReceived: []func(paho.PublishReceived) (bool, error){func(pr paho.PublishReceived) (bool, error) {
 			if pr.Packet == nil || pr.Packet.Topic != protocol.Topic(id, protocol.Cmd) {

@@ -59,6 +59,7 @@ type options struct {
 	publishDuration time.Duration
 	warmup          time.Duration
 	payload         int
+	oneWrite        bool
 }
 
 func main() {
@@ -80,6 +81,7 @@ func main() {
 	flag.DurationVar(&o.publishDuration, "publish-duration", 15*time.Second, "publish: measured window")
 	flag.DurationVar(&o.warmup, "warmup", 3*time.Second, "publish: warm-up before the window")
 	flag.IntVar(&o.payload, "payload", 128, "publish: bytes per message")
+	flag.BoolVar(&o.oneWrite, "one-write", false, "publish: the load generator sends each packet in one write, as Ward's agent does (paho.golang's default is a write per part)")
 	flag.IntVar(&o.rounds, "rounds", 1, "measure each broker this many times, alternating which goes first, and report each round and the medians")
 	flag.Parse()
 	log.SetFlags(log.Ltime)
@@ -563,8 +565,12 @@ func (h *harness) connect(ctx context.Context, b *broker, f *figures) error {
 func (h *harness) publish(ctx context.Context, b *broker, f *figures) error {
 	o := h.o
 	log.Printf("%s: QoS 1 publish, %d publishers, %s + %s warm-up", b.name, o.publishers, o.publishDuration, o.warmup)
-	p, err := h.startLoad(ctx, b, "publish", "-mode", "publish", "-count", fmt.Sprint(o.publishers), "-publishers", fmt.Sprint(o.publishers),
-		"-warmup", o.warmup.String(), "-duration", o.publishDuration.String(), "-payload", fmt.Sprint(o.payload))
+	args := []string{"-mode", "publish", "-count", fmt.Sprint(o.publishers), "-publishers", fmt.Sprint(o.publishers),
+		"-warmup", o.warmup.String(), "-duration", o.publishDuration.String(), "-payload", fmt.Sprint(o.payload)}
+	if o.oneWrite {
+		args = append(args, "-one-write")
+	}
+	p, err := h.startLoad(ctx, b, "publish", args...)
 	if err != nil {
 		return err
 	}
@@ -672,7 +678,7 @@ func report(w io.Writer, o options, rs []figures) {
 		}
 	}
 	if has(o.figures, "publish") {
-		ratio(fmt.Sprintf("QoS 1 msg/s (%d publishers, %d B)", o.publishers, o.payload), func(f *figures) float64 { return f.PublishRate }, func(f *figures) string {
+		ratio(fmt.Sprintf("QoS 1 msg/s (%d publishers, %d B%s)", o.publishers, o.payload, oneWriteNote(o.oneWrite)), func(f *figures) float64 { return f.PublishRate }, func(f *figures) string {
 			return fmt.Sprintf("%.0f (%d errors)", f.PublishRate, f.PublishErrors)
 		})
 		ratio("publish→PUBACK p50 / p99 (ms; ratio of p99)", func(f *figures) float64 { return f.PublishP99Ms }, func(f *figures) string {
@@ -699,4 +705,11 @@ func report(w io.Writer, o options, rs []figures) {
 // plus 100,000 times the measured per-connection memory.
 func proj(f *figures) float64 {
 	return (float64(f.BaselineKiB) + 100000*f.KiBPerConn) / (1 << 20)
+}
+
+func oneWriteNote(on bool) string {
+	if on {
+		return ", one write a packet"
+	}
+	return ""
 }

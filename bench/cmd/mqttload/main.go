@@ -67,6 +67,7 @@ func run() error {
 	flag.BoolVar(&releaseOnEOF, "release-on-eof", false, "hold: release the clients when standard input closes")
 	flag.IntVar(&cfg.Publishers, "publishers", 50, "publish: concurrent publishers, one connection each")
 	flag.IntVar(&cfg.Payload, "payload", 128, "publish: message size in bytes")
+	flag.BoolVar(&cfg.OneWrite, "one-write", false, "send each packet in one write (agent.NewPacketConn) instead of paho's write per part")
 	keepAlive := flag.Uint("keepalive", 300, "MQTT keepalive in seconds")
 	flag.BoolVar(&quiet, "quiet", false, "no progress lines on standard error")
 	flag.Parse()

@@ -17,6 +17,7 @@ import (
 	"github.com/eclipse/paho.golang/packets"
 	"github.com/eclipse/paho.golang/paho"
 
+	"github.com/wardhq/ward/agent"
 	"github.com/wardhq/ward/protocol"
 )
 
@@ -52,9 +53,12 @@ type Config struct {
 	Release    <-chan struct{}
 	Held       func(Result) // hold: called once every client has connected (or failed)
 	Publishers int
-	Payload    int    // publish: bytes per message (a JSON object with "v": 1)
-	KeepAlive  uint16 // seconds; 0: 300
-	Progress   io.Writer
+	Payload    int // publish: bytes per message (a JSON object with "v": 1)
+	// OneWrite sends each packet in one write (agent.NewPacketConn, as
+	// Ward's agent does) instead of paho's several.
+	OneWrite  bool
+	KeepAlive uint16 // seconds; 0: 300
+	Progress  io.Writer
 }
 
 // Result is what a run measured.
@@ -228,10 +232,14 @@ func (g *gen) dial(ctx context.Context, d Device, lost func()) (*paho.Client, er
 			once.Do(lost)
 		}
 	}
+	// paho writes a packet in several Writes and pings from its own
+	// goroutine: the lock keeps a PINGREQ out of another packet.
+	conn := packets.NewThreadSafeConn(tc)
+	if g.cfg.OneWrite {
+		conn = agent.NewPacketConn(tc)
+	}
 	c := paho.NewClient(paho.ClientConfig{
-		// paho writes a packet in several Writes and pings from its own
-		// goroutine: the lock keeps a PINGREQ out of another packet.
-		Conn:               packets.NewThreadSafeConn(tc),
+		Conn:               conn,
 		OnClientError:      func(error) { onLost() },
 		OnServerDisconnect: func(*paho.Disconnect) { onLost() },
 	})

@@ -247,6 +247,9 @@ func (l *listener) endSession(s *session, err error, record bool) {
 	if !s.kicked.Load() {
 		_ = s.conn.Close()
 	}
+	if s.polled {
+		s.rc.release(s.kicked.Load()) // the socket the poller held, or was to hold
+	}
 	l.active.Add(-1)
 }
 

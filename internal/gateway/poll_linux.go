@@ -404,6 +404,5 @@ func (pl *poller) run() {
 func (pl *poller) end(s *session, err error) {
 	pl.remove(s)
 	_ = syscall.EpollCtl(pl.epfd, syscall.EPOLL_CTL_DEL, s.rc.fd, nil)
-	pl.l.endPolled(s, err)
-	s.rc.release(s.kicked.Load())
+	pl.l.endPolled(s, err) // releases the socket
 }

@@ -3,13 +3,20 @@
 package gateway
 
 import (
+	"context"
 	"encoding/binary"
 	"errors"
 	"io"
 	"net"
+	"os"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/eclipse/paho.golang/paho"
+
+	"github.com/wardhq/ward/internal/store"
+	"github.com/wardhq/ward/internal/store/storetest"
 )
 
 // TestRawConnWritesNeverBlock: once detached, a connection's writes never
@@ -131,4 +138,60 @@ func TestRawConnWritesNeverBlock(t *testing.T) {
 	if rc.fd != -1 {
 		t.Fatal("descriptor not released")
 	}
+}
+
+// TestPollerReleasesSockets: sessions the event loop served, ended by the
+// device, by a revocation (a kick) and by a takeover, leave no descriptor
+// behind.
+func TestPollerReleasesSockets(t *testing.T) {
+	f := newFixture(t, storetest.Open(t, store.SQLite))
+	openFDs := func() int {
+		ents, err := os.ReadDir("/proc/self/fd")
+		if err != nil {
+			t.Skip("no /proc/self/fd")
+		}
+		return len(ents)
+	}
+	settle := func() {
+		t.Helper()
+		waitFor(t, "sessions ended", func() bool {
+			f.gw.mu.RLock()
+			defer f.gw.mu.RUnlock()
+			return len(f.gw.byConn) == 0
+		})
+	}
+	// Warm up: the first connection opens what stays open (history, pools).
+	dev := f.newDevice(nil)
+	mc, _, err := f.connect(dev, dev.id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = mc.Disconnect(&paho.Disconnect{})
+	settle()
+	before := openFDs()
+
+	for i := range 12 {
+		dev := f.newDevice(nil)
+		mc, _, err := f.connect(dev, dev.id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		switch i % 3 {
+		case 0: // the device leaves
+			_ = mc.Disconnect(&paho.Disconnect{})
+		case 1: // Ward cuts it off
+			if _, err := f.fleet.Revoke(context.Background(), "token:test", dev.id, "test"); err != nil {
+				t.Fatal(err)
+			}
+		case 2: // it connects again: the first session is taken over
+			mc2, _, err := f.connect(dev, dev.id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_ = mc2.Disconnect(&paho.Disconnect{})
+		}
+		settle()
+	}
+	// The clients' own sockets close too; give them a moment.
+	waitFor(t, "descriptors back", func() bool { return openFDs() <= before })
 }

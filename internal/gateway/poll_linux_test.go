@@ -3,6 +3,7 @@
 package gateway
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -13,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	ppackets "github.com/eclipse/paho.golang/packets"
 	"github.com/eclipse/paho.golang/paho"
 
 	"github.com/wardhq/ward/internal/store"
@@ -170,13 +172,38 @@ func TestPollerReleasesSockets(t *testing.T) {
 	settle()
 	before := openFDs()
 
-	for i := range 12 {
+	for i := range 16 {
 		dev := f.newDevice(nil)
+		if i%4 == 3 {
+			// A malformed packet right behind CONNECT: read ahead with
+			// it, it fails the session as it is handed to the poller.
+			conn, err := f.dialTLS(dev.cert)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var b bytes.Buffer
+			cp := ppackets.NewControlPacket(ppackets.CONNECT)
+			cn := cp.Content.(*ppackets.Connect)
+			cn.ProtocolName, cn.ProtocolVersion, cn.ClientID, cn.CleanStart, cn.KeepAlive = "MQTT", 5, dev.id, true, 30
+			cn.Properties = &ppackets.Properties{}
+			if _, err := cp.WriteTo(&b); err != nil {
+				t.Fatal(err)
+			}
+			b.Write([]byte{0xf0, 0x00}) // AUTH with nothing in it: malformed for MQTT 5
+			if _, err := conn.Write(b.Bytes()); err != nil {
+				t.Fatal(err)
+			}
+			_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+			_, _ = io.Copy(io.Discard, conn) // CONNACK, DISCONNECT, then the end
+			conn.Close()
+			settle()
+			continue
+		}
 		mc, _, err := f.connect(dev, dev.id)
 		if err != nil {
 			t.Fatal(err)
 		}
-		switch i % 3 {
+		switch i % 4 {
 		case 0: // the device leaves
 			_ = mc.Disconnect(&paho.Disconnect{})
 		case 1: // Ward cuts it off

@@ -97,7 +97,7 @@ func (c *rawConn) Read(b []byte) (int, error) {
 	}
 	c.readOK = false
 	for {
-		n, err := syscall.Read(c.fd, b)
+		n, err := rawRead(c.fd, b)
 		switch {
 		case err == syscall.EINTR:
 			continue
@@ -126,7 +126,7 @@ func (c *rawConn) Write(b []byte) (int, error) {
 	}
 	written := 0
 	for written < len(b) {
-		n, err := syscall.Write(c.fd, b[written:])
+		n, err := rawWrite(c.fd, b[written:])
 		switch {
 		case err == syscall.EINTR:
 			continue
@@ -166,7 +166,7 @@ func (c *rawConn) flushOut() {
 
 func (c *rawConn) flushLocked() {
 	for len(c.out) > 0 && c.fd >= 0 {
-		n, err := syscall.Write(c.fd, c.out)
+		n, err := rawWrite(c.fd, c.out)
 		if err == syscall.EINTR {
 			continue
 		}
@@ -349,7 +349,7 @@ func (pl *poller) run() {
 			_ = pl.ep.SetReadDeadline(deadline)
 		}
 		err := rc.Read(func(uintptr) bool {
-			n, werr = syscall.EpollWait(pl.epfd, events, 0)
+			n, werr = rawEpollPoll(pl.epfd, events)
 			return n > 0 || (werr != nil && werr != syscall.EINTR)
 		})
 		if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {

@@ -222,3 +222,64 @@ func TestPollerReleasesSockets(t *testing.T) {
 	// The clients' own sockets close too; give them a moment.
 	waitFor(t, "descriptors back", func() bool { return openFDs() <= before })
 }
+
+// TestRawSyscalls: the loop's calls made without the scheduler's
+// bookkeeping read, write and poll a non-blocking socket as the syscall
+// package's would, errors included.
+func TestRawSyscalls(t *testing.T) {
+	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_NONBLOCK|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		for _, fd := range fds {
+			if fd >= 0 {
+				syscall.Close(fd)
+			}
+		}
+	}()
+	epfd, err := syscall.EpollCreate1(syscall.EPOLL_CLOEXEC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Close(epfd)
+	ev := syscall.EpollEvent{Events: syscall.EPOLLIN, Fd: int32(fds[1])}
+	if err := syscall.EpollCtl(epfd, syscall.EPOLL_CTL_ADD, fds[1], &ev); err != nil {
+		t.Fatal(err)
+	}
+	events := make([]syscall.EpollEvent, 4)
+	buf := make([]byte, 16)
+
+	if n, err := rawEpollPoll(epfd, events); n != 0 || err != nil {
+		t.Fatalf("poll of an idle set = %d, %v; want 0, nil", n, err)
+	}
+	if n, err := rawRead(fds[1], buf); n != 0 || err != syscall.EAGAIN {
+		t.Fatalf("read of an empty socket = %d, %v; want EAGAIN", n, err)
+	}
+	if n, err := rawWrite(fds[0], []byte("hello")); n != 5 || err != nil {
+		t.Fatalf("write = %d, %v", n, err)
+	}
+	if n, err := rawEpollPoll(epfd, events); n != 1 || err != nil || events[0].Fd != int32(fds[1]) {
+		t.Fatalf("poll after a write = %d, %v, fd %d; want the reading end", n, err, events[0].Fd)
+	}
+	if n, err := rawRead(fds[1], buf); n != 5 || err != nil || string(buf[:n]) != "hello" {
+		t.Fatalf("read = %d %q, %v", n, buf[:n], err)
+	}
+	if n, err := rawRead(fds[1], nil); n != 0 || err != nil {
+		t.Fatalf("read into nothing = %d, %v", n, err)
+	}
+	if n, err := rawRead(-1, buf); n != 0 || err != syscall.EBADF {
+		t.Fatalf("read of a bad descriptor = %d, %v; want EBADF", n, err)
+	}
+	if n, err := rawEpollPoll(-1, events); n != 0 || err != syscall.EBADF {
+		t.Fatalf("poll of a bad descriptor = %d, %v; want EBADF", n, err)
+	}
+	syscall.Close(fds[0])
+	fds[0] = -1
+	if n, err := rawRead(fds[1], buf); n != 0 || err != nil {
+		t.Fatalf("read at end of stream = %d, %v; want 0, nil", n, err)
+	}
+	if _, err := rawWrite(fds[1], []byte("x")); err != syscall.EPIPE {
+		t.Fatalf("write to a closed peer: %v; want EPIPE", err)
+	}
+}

@@ -161,9 +161,11 @@ func (s *session) writeLocked(b []byte) error {
 	if s.kicked.Load() {
 		return net.ErrClosed // a DISCONNECT is the last packet, and may be out already
 	}
-	if now := time.Now(); now.Sub(s.wdeadlineSet) > time.Second {
-		_ = s.conn.SetWriteDeadline(now.Add(writeTimeout))
-		s.wdeadlineSet = now
+	if !s.rc.isPolled() { // a polled socket's writes never block
+		if now := time.Now(); now.Sub(s.wdeadlineSet) > time.Second {
+			_ = s.conn.SetWriteDeadline(now.Add(writeTimeout))
+			s.wdeadlineSet = now
+		}
 	}
 	_, err := s.conn.Write(b)
 	return err
@@ -227,6 +229,7 @@ func (g *Gateway) serveMQTT(s *session) error {
 			moved = now
 		}
 		fh, err := s.readFixedHeader(maxPacket)
+		s.now = g.now()
 		if err == nil {
 			var pooled *[]byte
 			pk, pooled, err = s.readPacket(fh)
@@ -508,7 +511,7 @@ func (g *Gateway) publish(s *session, pk packets.Packet) error {
 	s.mu.Lock()
 	lim := s.msgLim
 	s.mu.Unlock()
-	if lim != nil && !lim.AllowN(g.now(), 1) {
+	if lim != nil && !lim.AllowN(s.now, 1) {
 		if n := s.overRate.Add(1); n > int64(g.lim.MsgBurst) {
 			// Still flooding after a whole burst of refusals: cut it off.
 			g.kick(s, ReasonRateLimit, packets.ErrMessageRateTooHigh)
@@ -576,7 +579,7 @@ func (g *Gateway) publishAsync(s *session, pk packets.Packet, kind protocol.Kind
 		w.Stored(packets.CodeSuccess, nil)
 		return nil
 	}
-	g.ingest.PublishAsync(s.deviceID, kind, s.version, pk, w)
+	g.ingest.PublishAsync(s.deviceID, kind, s.version, s.now, pk, w)
 	return nil
 }
 

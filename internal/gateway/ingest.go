@@ -172,6 +172,7 @@ type Ingest struct {
 	log  *slog.Logger
 
 	stored, duplicates, invalid, unauthorized, failed, states, records atomic.Uint64
+	reused                                                             atomic.Uint64 // suffixes of ids stored again
 
 	recorders [4]*recorder // by kindIndex
 	dedup     dedup
@@ -290,8 +291,9 @@ func appendMsgID(b []byte, deviceID string, k [14]byte) []byte {
 	return hex.AppendEncode(b, k[2:])
 }
 
-// msgIDBufLen holds a MsgID (26 + 1 + 5 + 1 + 24) and a suffix.
-const msgIDBufLen = 80
+// msgIDBufLen holds a MsgID (26 + 1 + 5 + 1 + 24) and a unique suffix
+// ("-" time "." count, base 36: 1 + 13 + 1 + 13).
+const msgIDBufLen = 96
 
 // CheckDevicePayload checks a payload a device published: a v1 JSON
 // object in valid UTF-8 (protocol.CheckPayload, which checks the UTF-8
@@ -308,7 +310,7 @@ func CheckDevicePayload(b []byte) error {
 // closes a 3.1.1 connection (err), so the device resends it.
 func (in *Ingest) Publish(deviceID string, kind protocol.Kind, version byte, pk packets.Packet) (packets.Code, error) {
 	w := &chanWaiter{done: make(chan struct{})}
-	in.PublishAsync(deviceID, kind, version, pk, w)
+	in.PublishAsync(deviceID, kind, version, in.cfg.Now(), pk, w)
 	<-w.done
 	return w.code, w.err
 }
@@ -332,9 +334,10 @@ func (w *chanWaiter) Stored(code packets.Code, err error) { w.code, w.err = code
 // before it returns (pk's buffers may be reused at once), and tells w the
 // outcome, from another goroutine once the message's record is stored, or
 // before it returns when the message needs no storing (refused, or a
-// redelivery already stored). The gateway's event loop uses it, so that no
-// goroutine waits on the store per message.
-func (in *Ingest) PublishAsync(deviceID string, kind protocol.Kind, version byte, pk packets.Packet, w StoreWaiter) {
+// redelivery already stored). at is when the message was received. The
+// gateway's event loop uses it, so that no goroutine waits on the store per
+// message.
+func (in *Ingest) PublishAsync(deviceID string, kind protocol.Kind, version byte, at time.Time, pk packets.Packet, w StoreWaiter) {
 	if !kind.Publishable() {
 		in.unauthorized.Add(1)
 		w.Stored(packets.ErrNotAuthorized, nil)
@@ -351,7 +354,7 @@ func (in *Ingest) PublishAsync(deviceID string, kind protocol.Kind, version byte
 		w.Stored(packets.Code{Code: packets.ErrPayloadFormatInvalid.Code, Reason: err.Error()}, nil)
 		return
 	}
-	at := in.cfg.Now().UTC()
+	at = at.UTC()
 	m := recordMsg{device: id, kind: kind, version: version, qos: min(pk.FixedHeader.Qos, 1), at: at, w: w}
 	var idBuf [msgIDBufLen]byte
 	msgID := idBuf[:0]
@@ -369,8 +372,12 @@ func (in *Ingest) PublishAsync(deviceID string, kind protocol.Kind, version byte
 		if seen {
 			// A new message that reuses a packet id for the same bytes
 			// within the window: not a redelivery, a unique id.
+			// (The time keeps it unique across restarts, the count within
+			// a poller's batch, which shares one time.)
 			msgID = append(msgID, '-')
 			msgID = strconv.AppendInt(msgID, at.UnixNano(), 36)
+			msgID = append(msgID, '.')
+			msgID = strconv.AppendUint(msgID, in.reused.Add(1), 36)
 		}
 	}
 	in.recorders[kindIndex(kind)].add(m, pk.FixedHeader.Retain, msgID, pk.Payload)

@@ -83,9 +83,10 @@ func (g *Gateway) handoff(s *session) error {
 		s.in = append(s.takeIn(), b...)
 	}
 	s.br = nil
-	s.lastInput = time.Now()
+	now := time.Now()
+	s.lastInput = now
 	s.polled = true
-	if err := g.serveInput(s); err != nil {
+	if err := g.serveInput(s, now, g.now()); err != nil {
 		return err
 	}
 	if err := pl.add(s); err != nil {
@@ -107,8 +108,11 @@ func (s *session) dropIn() {
 }
 
 // serveInput reads what the session's socket has (one read), decrypts it
-// and handles every complete packet. An error ends the session.
-func (g *Gateway) serveInput(s *session) error {
+// and handles every complete packet. An error ends the session. now is
+// when the poller found the socket ready (real time, for keepalive), clock
+// the gateway's clock then (Config.Now): read once for the poller's batch.
+func (g *Gateway) serveInput(s *session, now, clock time.Time) error {
+	s.now = clock
 	maxPacket := g.lim.MaxPayload + 4096
 	for {
 		// Handle the complete packets gathered so far.
@@ -147,7 +151,7 @@ func (g *Gateway) serveInput(s *session) error {
 		n, err := s.conn.Read(s.in[len(s.in):cap(s.in)])
 		if n > 0 {
 			s.in = s.in[:len(s.in)+n]
-			s.lastInput = time.Now()
+			s.lastInput = now
 			continue
 		}
 		if err == nil {

@@ -88,6 +88,9 @@ func (c *rawConn) detach(pl *poller) error {
 	return nil
 }
 
+// isPolled reports whether a poller owns the socket (c may be nil: not TCP).
+func (c *rawConn) isPolled() bool { return c != nil && c.polled.Load() }
+
 func (c *rawConn) Read(b []byte) (int, error) {
 	if !c.polled.Load() {
 		return c.TCPConn.Read(b)
@@ -339,12 +342,14 @@ func (pl *poller) run() {
 		return
 	}
 	var deadline time.Time
+	now := time.Now()
 	for {
 		var n int
 		var werr error
 		// Woken at least every 250 ms for the sweep; the deadline (a
-		// timer) is moved only when it comes close.
-		if now := time.Now(); deadline.Sub(now) < 150*time.Millisecond {
+		// timer) is moved only when it comes close. now is when the last
+		// batch was found: close enough.
+		if deadline.Sub(now) < 150*time.Millisecond {
 			deadline = now.Add(250 * time.Millisecond)
 			_ = pl.ep.SetReadDeadline(deadline)
 		}
@@ -360,6 +365,11 @@ func (pl *poller) run() {
 			g.log.Error("gateway: epoll_wait", "err", werr)
 			time.Sleep(10 * time.Millisecond)
 		}
+		now = time.Now()
+		var clock time.Time
+		if n > 0 {
+			clock = g.now()
+		}
 		for i := 0; i < n; i++ {
 			ev := events[i]
 			pl.mu.Lock()
@@ -373,12 +383,12 @@ func (pl *poller) run() {
 			}
 			if ev.Events&(syscall.EPOLLIN|syscall.EPOLLRDHUP|syscall.EPOLLHUP|syscall.EPOLLERR) != 0 {
 				s.rc.readOK = true
-				if err := g.serveInput(s); err != nil {
+				if err := g.serveInput(s, now, clock); err != nil {
 					pl.end(s, err)
 				}
 			}
 		}
-		if now := time.Now(); now.Sub(sweep) >= time.Second || pl.l.end.Load() {
+		if now.Sub(sweep) >= time.Second || pl.l.end.Load() {
 			sweep = now
 			pl.mu.Lock()
 			all := make([]*session, 0, len(pl.sessions))

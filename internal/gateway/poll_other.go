@@ -12,6 +12,7 @@ import (
 type rawConn struct{}
 
 func (*rawConn) detach(*poller) error                { return nil }
+func (*rawConn) isPolled() bool                      { return false }
 func (*rawConn) release(bool)                        {}
 func (*rawConn) stuck(time.Time, time.Duration) bool { return false }
 

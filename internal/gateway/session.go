@@ -61,6 +61,11 @@ type session struct {
 	in        []byte
 	lastInput time.Time
 
+	// now is the gateway's clock when the input being handled was read:
+	// the time of its messages and of its rate limits. One reading serves
+	// a poller's whole batch, rather than several per message.
+	now time.Time
+
 	amu  sync.Mutex
 	acks []*pubAck // QoS 1 PUBLISHes not yet answered, in order (polled)
 

@@ -429,11 +429,7 @@ func (in *Ingest) settle(msgs []recordMsg, err error) {
 		return
 	}
 	in.stored.Add(uint64(len(msgs)))
-	for i := range msgs {
-		if m := &msgs[i]; m.keyed {
-			in.dedup.add(m.device, m.key, m.at)
-		}
-	}
+	in.dedup.addStored(msgs)
 	if in.cfg.Registry != nil {
 		in.seenMu.Lock()
 		for i := range msgs {
@@ -495,7 +491,9 @@ type pendingRecord struct {
 	created time.Time
 }
 
-var recordBufs = sync.Pool{New: func() any { b := make([]byte, 0, 4096); return &b }}
+// pendingRecords holds records to gather messages in, their buffers
+// grown: a busy node gathers a thousand records a second.
+var pendingRecords = sync.Pool{New: func() any { return &pendingRecord{data: make([]byte, 0, 4096)} }}
 
 // add adds a message to the record being gathered; its waiter learns the
 // record's outcome from the goroutine that stores it.
@@ -509,8 +507,8 @@ func (r *recorder) add(m recordMsg, retain bool, msgID, payload []byte) {
 		}
 	}
 	if p == nil {
-		bp := recordBufs.Get().(*[]byte)
-		p = &pendingRecord{data: (*bp)[:0], created: time.Now()}
+		p = pendingRecords.Get().(*pendingRecord)
+		p.created = time.Now()
 		r.queue = append(r.queue, p)
 	}
 	p.data = appendMessage(p.data, m.device, m.at, m.qos, retain, msgID, payload)
@@ -570,12 +568,12 @@ func (r *recorder) store(p *pendingRecord) {
 	} else {
 		err = r.in.publishRecord(r.subject, p)
 	}
-	data := p.data
-	p.data = nil
-	if cap(data) <= 2*maxRecordBytes {
-		recordBufs.Put(&data)
-	}
 	r.in.settle(p.msgs, err)
+	clear(p.msgs) // the devices' waiters
+	p.data, p.msgs = p.data[:0], p.msgs[:0]
+	if cap(p.data) <= 2*maxRecordBytes {
+		pendingRecords.Put(p)
+	}
 }
 
 // publishRecord stores one record and waits for the stream's ack. The
@@ -667,10 +665,26 @@ func (d *dedup) seen(deviceID string, key [14]byte, now time.Time) bool {
 
 // add remembers that the device's message with key was stored at now.
 func (d *dedup) add(deviceID string, key [14]byte, now time.Time) {
-	since := now.Add(-d.window).UnixNano()
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	d.addLocked(deviceID, key, now)
+}
+
+// addStored remembers the keyed messages of a stored record, under one
+// lock.
+func (d *dedup) addStored(msgs []recordMsg) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for i := range msgs {
+		if m := &msgs[i]; m.keyed {
+			d.addLocked(m.device, m.key, m.at)
+		}
+	}
+}
+
+func (d *dedup) addLocked(deviceID string, key [14]byte, now time.Time) {
 	if now.Sub(d.pruned) > d.window {
+		since := now.Add(-d.window).UnixNano()
 		// Forget the devices whose last message is out of the window:
 		// a walk of the map once per window.
 		for id, l := range d.recent {

@@ -95,14 +95,19 @@ func (g *Gateway) handoff(s *session) error {
 	return errHandedOff
 }
 
+// takeIn takes a buffer from inBufs; the session keeps the pool's pointer
+// to give it back (a new one would be an allocation per message).
 func (s *session) takeIn() []byte {
-	return (*inBufs.Get().(*[]byte))[:0]
+	s.inBuf = inBufs.Get().(*[]byte)
+	return (*s.inBuf)[:0]
 }
 
+// dropIn gives the buffer back. *inBuf is still the pool's buffer, even
+// when in has outgrown it for a large packet.
 func (s *session) dropIn() {
-	if s.in != nil && cap(s.in) == inBufSize {
-		b := s.in[:0]
-		inBufs.Put(&b)
+	if s.inBuf != nil {
+		inBufs.Put(s.inBuf)
+		s.inBuf = nil
 	}
 	s.in = nil
 }
@@ -300,7 +305,7 @@ func (a *pubAck) Stored(code packets.Code, err error) {
 		}
 	}
 	if len(s.acks) == 0 {
-		s.acks = nil
+		s.acks = s.ackArr[:0] // rather than a new slice for the next message
 	}
 	s.amu.Unlock()
 	if fail != nil {

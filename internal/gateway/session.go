@@ -59,6 +59,7 @@ type session struct {
 	// in and lastInput belong to the poller's goroutine.
 	polled    bool
 	in        []byte
+	inBuf     *[]byte // the pooled buffer under in (inBufs)
 	lastInput time.Time
 
 	// now is the gateway's clock when the input being handled was read:
@@ -66,8 +67,9 @@ type session struct {
 	// a poller's whole batch, rather than several per message.
 	now time.Time
 
-	amu  sync.Mutex
-	acks []*pubAck // QoS 1 PUBLISHes not yet answered, in order (polled)
+	amu    sync.Mutex
+	acks   []*pubAck // QoS 1 PUBLISHes not yet answered, in order (polled)
+	ackArr [4]*pubAck
 
 	omu      sync.Mutex // guards what Ward sends the device
 	sub      byte       // 0, or 1 + the QoS granted on the cmd topic

@@ -6,6 +6,7 @@
 //	go run ./bench/mqtt -figure connect    # mTLS connections per second
 //	go run ./bench/mqtt -figure hold       # 19,000 connections held: memory and CPU per connection
 //	go run ./bench/mqtt -figure publish    # QoS 1 throughput and publish→PUBACK latency
+//	go run ./bench/mqtt -figure pairs      # the same, both brokers up, in alternating windows (pairs.go)
 //
 // It builds ward and mqttload, starts `ward serve` (embedded NATS and
 // SQLite) with its data directory in -cache, enrolls the devices it needs
@@ -60,12 +61,15 @@ type options struct {
 	warmup          time.Duration
 	payload         int
 	oneWrite        bool
+
+	pairs                  int
+	pairWindow, pairWarmup time.Duration
 }
 
 func main() {
 	var o options
 	flag.StringVar(&o.brokers, "broker", "ward,mosquitto", "brokers to measure: ward, mosquitto or both (comma list)")
-	flag.StringVar(&o.figures, "figure", "hold,connect,publish", "figures to measure: hold, connect, publish (comma list)")
+	flag.StringVar(&o.figures, "figure", "hold,connect,publish", "figures to measure: hold, connect, publish, pairs (comma list)")
 	flag.StringVar(&o.cache, "cache", filepath.Join(os.TempDir(), "ward-bench-mqtt"), "directory for binaries, Ward's data and the enrolled devices")
 	flag.StringVar(&o.mosquitto, "mosquitto", "/usr/sbin/mosquitto", "mosquitto binary")
 	flag.IntVar(&o.devices, "devices", 19000, "hold: connections held on the broker")
@@ -82,15 +86,24 @@ func main() {
 	flag.DurationVar(&o.warmup, "warmup", 3*time.Second, "publish: warm-up before the window")
 	flag.IntVar(&o.payload, "payload", 128, "publish: bytes per message")
 	flag.BoolVar(&o.oneWrite, "one-write", false, "publish: the load generator sends each packet in one write, as Ward's agent does (paho.golang's default is a write per part)")
+	flag.IntVar(&o.pairs, "pairs", 10, "pairs: pairs of publish windows, one on each broker")
+	flag.DurationVar(&o.pairWindow, "pair-window", 6*time.Second, "pairs: measured window")
+	flag.DurationVar(&o.pairWarmup, "pair-warmup", 2*time.Second, "pairs: warm-up before each window")
 	flag.IntVar(&o.rounds, "rounds", 1, "measure each broker this many times, alternating which goes first, and report each round and the medians")
 	flag.Parse()
 	log.SetFlags(log.Ltime)
 	log.SetPrefix("bench/mqtt: ")
 	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer cancel()
-	rs, err := run(ctx, o)
+	rs, ws, err := run(ctx, o)
 	if err != nil {
 		log.Fatal(err)
+	}
+	if len(ws) > 0 {
+		reportPairs(os.Stdout, o, ws)
+	}
+	if len(rs) == 0 {
+		return
 	}
 	if o.rounds <= 1 {
 		report(os.Stdout, o, rs)
@@ -215,9 +228,9 @@ func has(list, item string) bool {
 	return false
 }
 
-func run(ctx context.Context, o options) ([]figures, error) {
+func run(ctx context.Context, o options) ([]figures, []window, error) {
 	if err := os.MkdirAll(filepath.Join(o.cache, "bin"), 0o700); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	wardBin, loadBin := filepath.Join(o.cache, "bin", "ward"), filepath.Join(o.cache, "bin", "mqttload")
 	log.Printf("building ward and mqttload into %s", filepath.Join(o.cache, "bin"))
@@ -225,20 +238,20 @@ func run(ctx context.Context, o options) ([]figures, error) {
 		cmd := exec.CommandContext(ctx, "go", "build", "-o", bin, pkg)
 		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 		if err := cmd.Run(); err != nil {
-			return nil, fmt.Errorf("go build %s: %w", pkg, err)
+			return nil, nil, fmt.Errorf("go build %s: %w", pkg, err)
 		}
 	}
 
 	log.Printf("starting ward serve (data in %s)", filepath.Join(o.cache, "ward-data"))
 	node, err := startWard(ctx, wardBin, o.cache)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	defer func() { _ = node.stop() }()
 	need := max(o.devices, o.publishers)
 	devices, err := ensureDevices(ctx, o.cache, node.ca, node.api, node.deviceAddr, need)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	h := &harness{o: o, loadBin: loadBin, devices: devices, logDir: o.cache}
 	if err := node.stop(); err != nil {
@@ -247,7 +260,8 @@ func run(ctx context.Context, o options) ([]figures, error) {
 	// The machine's speed drifts (it is shared): with several rounds, the
 	// brokers take turns going first, so a drift does not favour either.
 	var results []figures
-	for round := 1; round <= max(o.rounds, 1); round++ {
+	roundFigures := has(o.figures, "hold") || has(o.figures, "connect") || has(o.figures, "publish")
+	for round := 1; roundFigures && round <= max(o.rounds, 1); round++ {
 		order := []string{"ward", "mosquitto"}
 		if round%2 == 0 {
 			order = []string{"mosquitto", "ward"}
@@ -261,19 +275,31 @@ func run(ctx context.Context, o options) ([]figures, error) {
 			}
 			f, err := h.measureOne(ctx, b, wardBin, node.ca)
 			if err != nil {
-				return nil, fmt.Errorf("%s: %w", b, err)
+				return nil, nil, fmt.Errorf("%s: %w", b, err)
 			}
 			f.Round = round
 			results = append(results, f)
 		}
 	}
-	b, _ := json.MarshalIndent(results, "", "  ")
+	var windows []window
+	if has(o.figures, "pairs") {
+		if !has(o.brokers, "ward") || !has(o.brokers, "mosquitto") {
+			return nil, nil, errors.New("-figure pairs needs both brokers")
+		}
+		if windows, err = h.pairs(ctx, wardBin, node.ca); err != nil {
+			return nil, nil, fmt.Errorf("pairs: %w", err)
+		}
+	}
+	b, _ := json.MarshalIndent(struct {
+		Rounds []figures `json:"rounds,omitempty"`
+		Pairs  []window  `json:"pairs,omitempty"`
+	}{results, windows}, "", "  ")
 	out := filepath.Join(o.cache, "results-"+time.Now().Format("20060102-150405")+".json")
 	if err := os.WriteFile(out, b, 0o600); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	log.Printf("results in %s", out)
-	return results, nil
+	return results, windows, nil
 }
 
 // measureOne starts broker b, measures it and stops it.

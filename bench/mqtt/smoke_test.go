@@ -14,18 +14,20 @@ import (
 // does (ward serve and mqttload built and run as processes, devices
 // enrolled over EST, Mosquitto with its own configuration): 20 connections
 // held from two processes, a few seconds of connects, a second of QoS 1
-// publishing, against both brokers, and checks that nothing failed.
+// publishing, against both brokers, then two pairs of publish windows with
+// both brokers up, and checks that nothing failed.
 func TestSmoke(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and runs ward serve, mqttload and mosquitto")
 	}
 	o := options{
-		brokers: "ward,mosquitto", figures: "hold,connect,publish",
+		brokers: "ward,mosquitto", figures: "hold,connect,publish,pairs",
 		cache: t.TempDir(), mosquitto: "/usr/sbin/mosquitto",
 		devices: 20, procs: 2, sourcesPerProc: 2, holdWorkers: 8,
 		settle: 100 * time.Millisecond, idle: 200 * time.Millisecond,
 		connectDuration: time.Second, connectWorkers: 4,
 		publishers: 4, publishDuration: time.Second, warmup: 200 * time.Millisecond, payload: 128,
+		pairs: 2, pairWindow: 500 * time.Millisecond, pairWarmup: 100 * time.Millisecond,
 	}
 	if _, err := os.Stat(o.mosquitto); err != nil {
 		if p, lerr := exec.LookPath("mosquitto"); lerr == nil {
@@ -38,13 +40,26 @@ func TestSmoke(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	rs, err := run(ctx, o)
+	rs, ws, err := run(ctx, o)
 	if err != nil {
 		t.Fatal(err)
 	}
 	var out bytes.Buffer
 	report(&out, o, rs)
+	reportPairs(&out, o, ws)
 	t.Log(out.String())
+	if len(ws) != 2*o.pairs {
+		t.Errorf("%d pair windows, want %d", len(ws), 2*o.pairs)
+	}
+	for i, w := range ws {
+		want := []string{"ward", "mosquitto", "mosquitto", "ward"}[i%4]
+		if w.Broker != want || w.Pair != i/2+1 {
+			t.Errorf("window %d: %s in pair %d, want %s in pair %d", i, w.Broker, w.Pair, want, i/2+1)
+		}
+		if w.Messages == 0 || w.Errors != 0 || w.Cores <= 0 {
+			t.Errorf("pair %d, %s: %d messages, %d errors, %.2f cores; first error: %s", w.Pair, w.Broker, w.Messages, w.Errors, w.Cores, w.FirstErr)
+		}
+	}
 	seen := map[string]bool{}
 	for _, f := range rs {
 		seen[f.Broker] = true

@@ -6,15 +6,20 @@
 //	mqttload -mode connect -addr 127.0.0.1:8883 -devices devs.pem -server-ca ca.pem -duration 20s
 //	mqttload -mode hold    ... -offset 0 -count 5000 -sources 127.0.0.2-127.0.0.5 -hold 2m
 //	mqttload -mode publish ... -publishers 100 -warmup 3s -duration 15s
+//	mqttload -mode publish ... -publishers 100 -warmup 2s -duration 6s -windows
 //
 // Every run is bounded (a count, a duration, or both), targets only
 // 127.0.0.0/8, closes every connection it opened, and prints its result as
 // one JSON line on standard output (a hold run prints a line with
 // "event":"held" first, once every client is connected, and releases them
-// when -hold passes, standard input closes, or it is interrupted).
+// when -hold passes, standard input closes, or it is interrupted; a
+// publish run with -windows prints "event":"connected" once its publishers
+// are, then publishes one window per line it reads on standard input and
+// prints a "window" line for each).
 package main
 
 import (
+	"bufio"
 	"context"
 	"crypto/x509"
 	"encoding/json"
@@ -50,6 +55,7 @@ func run() error {
 		offset, count       int
 		connections         int
 		releaseOnEOF, quiet bool
+		windows             bool
 	)
 	flag.StringVar(&cfg.Mode, "mode", load.Connect, "connect, hold or publish")
 	flag.StringVar(&cfg.Addr, "addr", "127.0.0.1:8883", "broker address (127.0.0.0/8 only)")
@@ -67,6 +73,7 @@ func run() error {
 	flag.BoolVar(&releaseOnEOF, "release-on-eof", false, "hold: release the clients when standard input closes")
 	flag.IntVar(&cfg.Publishers, "publishers", 50, "publish: concurrent publishers, one connection each")
 	flag.IntVar(&cfg.Payload, "payload", 128, "publish: message size in bytes")
+	flag.BoolVar(&windows, "windows", false, "publish: stay connected and publish one window (warm-up + duration) per line read on standard input, a result line each, until it closes")
 	flag.BoolVar(&cfg.OneWrite, "one-write", false, "send each packet in one write (agent.NewPacketConn) instead of paho's write per part")
 	keepAlive := flag.Uint("keepalive", 300, "MQTT keepalive in seconds")
 	flag.BoolVar(&quiet, "quiet", false, "no progress lines on standard error")
@@ -123,6 +130,24 @@ func run() error {
 				close(release)
 			}()
 		}
+	}
+	if windows {
+		if cfg.Mode != load.Publish {
+			return errors.New("-windows is for -mode publish")
+		}
+		gate := make(chan struct{})
+		cfg.Windows = gate
+		cfg.Connected = func(r load.Result) {
+			_ = out.Encode(r)
+			go func() {
+				defer close(gate)
+				sc := bufio.NewScanner(os.Stdin)
+				for sc.Scan() {
+					gate <- struct{}{}
+				}
+			}()
+		}
+		cfg.Window = func(r load.Result) { _ = out.Encode(r) }
 	}
 	r, err := load.Run(ctx, cfg)
 	if err != nil {

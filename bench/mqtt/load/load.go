@@ -32,7 +32,9 @@ const (
 	Hold = "hold"
 	// Publish connects Publishers clients; each publishes QoS 1 messages to
 	// its own telemetry topic, one at a time (publish → PUBACK), for Warmup
-	// plus Duration; only the Duration window is counted.
+	// plus Duration; only the Duration window is counted. With Windows, the
+	// clients stay connected and publish one such window each time Windows
+	// delivers, until it is closed.
 	Publish = "publish"
 )
 
@@ -56,7 +58,12 @@ type Config struct {
 	Payload    int // publish: bytes per message (a JSON object with "v": 1)
 	// OneWrite sends each packet in one write (agent.NewPacketConn, as
 	// Ward's agent does) instead of paho's several.
-	OneWrite  bool
+	OneWrite bool
+	// Windows, for publish, gates the windows: Connected is called once
+	// the publishers are connected, Window with each window's result.
+	Windows   <-chan struct{}
+	Connected func(Result)
+	Window    func(Result)
 	KeepAlive uint16 // seconds; 0: 300
 	Progress  io.Writer
 }
@@ -64,7 +71,7 @@ type Config struct {
 // Result is what a run measured.
 type Result struct {
 	Mode       string  `json:"mode"`
-	Event      string  `json:"event,omitempty"` // "held" on the line a hold run prints once connected
+	Event      string  `json:"event,omitempty"` // "held" on the line a hold run prints once connected; "connected", "window" for gated publish
 	Clients    int     `json:"clients,omitempty"`
 	OK         int64   `json:"ok"`
 	Errors     int64   `json:"errors"`
@@ -414,12 +421,7 @@ func payload(n int) []byte {
 
 func (g *gen) publish(ctx context.Context) Result {
 	cfg := g.cfg
-	var (
-		ok   atomic.Int64
-		wg   sync.WaitGroup
-		mu   sync.Mutex
-		hist = Hist{}
-	)
+	var wg sync.WaitGroup
 	// Connect the publishers first, Workers at a time.
 	clients := make([]*paho.Client, cfg.Publishers)
 	sem := make(chan struct{}, cfg.Workers)
@@ -437,8 +439,51 @@ func (g *gen) publish(ctx context.Context) Result {
 		}()
 	}
 	wg.Wait()
+	defer func() {
+		for _, c := range clients {
+			if c != nil {
+				_ = c.Disconnect(&paho.Disconnect{ReasonCode: 0})
+			}
+		}
+	}()
+	if cfg.Windows == nil {
+		return g.publishWindow(ctx, clients)
+	}
+	r := g.result(Publish)
+	r.Event, r.Clients = "connected", cfg.Publishers
+	if cfg.Connected != nil {
+		cfg.Connected(r)
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return r
+		case _, ok := <-cfg.Windows:
+			if !ok {
+				return r
+			}
+		}
+		r = g.publishWindow(ctx, clients)
+		r.Event = "window"
+		if cfg.Window != nil {
+			cfg.Window(r)
+		}
+	}
+}
+
+// publishWindow has every connected client publish, one message at a time,
+// for Warmup and then Duration, and counts the Duration window.
+func (g *gen) publishWindow(ctx context.Context, clients []*paho.Client) Result {
+	cfg := g.cfg
+	var (
+		ok   atomic.Int64
+		wg   sync.WaitGroup
+		mu   sync.Mutex
+		hist = Hist{}
+	)
 	body := payload(cfg.Payload)
 	stop := progress(cfg.Progress, "publish", &ok, &g.errs)
+	errs0 := g.errs.Load()
 	cpu0 := cpuTime()
 	from := time.Now().Add(cfg.Warmup)
 	until := from.Add(cfg.Duration)
@@ -482,12 +527,8 @@ func (g *gen) publish(ctx context.Context) Result {
 	}
 	wg.Wait()
 	stop()
-	for _, c := range clients {
-		if c != nil {
-			_ = c.Disconnect(&paho.Disconnect{ReasonCode: 0})
-		}
-	}
 	r := g.result(Publish)
+	r.Errors -= errs0 // this window's (FirstError stays the run's first)
 	r.CPUSeconds = (cpuTime() - cpu0).Seconds()
 	r.Clients = cfg.Publishers
 	r.Seconds = cfg.Duration.Seconds()

@@ -17,7 +17,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/eclipse/paho.golang/packets"
 	"github.com/eclipse/paho.golang/paho"
 	"golang.org/x/time/rate"
 
@@ -125,7 +124,7 @@ func (f *Fleet) dialRaw(ctx context.Context, d *device, local net.Addr, clientID
 	s := &rawSession{conn: tc, id: id, gone: make(chan *paho.Disconnect, 1)}
 	s.c = paho.NewClient(paho.ClientConfig{
 		ClientID:      clientID,
-		Conn:          packets.NewThreadSafeConn(tc),
+		Conn:          agent.NewPacketConn(tc), // one write per packet, as the agent sends
 		PacketTimeout: 10 * time.Second,
 		OnServerDisconnect: func(d *paho.Disconnect) {
 			select {

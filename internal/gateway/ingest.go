@@ -460,6 +460,16 @@ func (in *Ingest) settle(msgs []recordMsg, err error) {
 // records spends more on that than on the messages. A message that arrives
 // when no record has started for that long, as on a quiet node, is stored
 // at once.
+//
+// Waiting only pays when more messages are coming. A device that waits for
+// its PUBACK before it publishes again, as most do, is back in the next
+// record as soon as it has its PUBACK; when every device of the last record
+// is back, and the record waiting is as large, more waiting would gather
+// nothing but the devices' delay. Such a record is stored at once: a few
+// devices publishing in lock-step are served at the store's pace, not one
+// record a millisecond, while a busy node, whose devices are still on
+// their way, keeps its large records. One record of a kind is stored at a
+// time, so records never come faster than the store takes them.
 
 // recorder gathers the messages of one kind into records and stores them.
 type recorder struct {
@@ -470,7 +480,15 @@ type recorder struct {
 	queue   []*pendingRecord // oldest first; only the last takes more messages
 	running bool             // a flusher is storing the queue
 	started time.Time        // when the last record was taken to be stored
-	enough  chan struct{}    // a record waiting for recordInterval has recordEnough messages
+	enough  chan struct{}    // a record waiting for recordInterval has recordEnough messages, or all its devices are back
+
+	// The devices of the last record taken, while they are not yet back
+	// with a message in the record being gathered; watching is false when
+	// that record was too large to be worth watching.
+	away     map[string]struct{}
+	awayFrom int // messages in the last record taken
+	watching bool
+	backs    int // records taken with every device of the one before back, for tests
 }
 
 // recordInterval is the least time between the starts of two records of
@@ -489,6 +507,7 @@ type pendingRecord struct {
 	data    []byte
 	msgs    []recordMsg
 	created time.Time
+	back    bool // it holds a message of every device of the record before, and as many messages
 }
 
 // pendingRecords holds records to gather messages in, their buffers
@@ -513,7 +532,13 @@ func (r *recorder) add(m recordMsg, retain bool, msgID, payload []byte) {
 	}
 	p.data = appendMessage(p.data, m.device, m.at, m.qos, retain, msgID, payload)
 	p.msgs = append(p.msgs, m)
-	if len(p.msgs) == recordEnough {
+	if r.watching && len(r.queue) == 1 {
+		delete(r.away, m.device)
+		if len(r.away) == 0 && len(p.msgs) >= r.awayFrom {
+			p.back, r.watching = true, false
+		}
+	}
+	if len(p.msgs) == recordEnough || p.back {
 		select {
 		case r.enough <- struct{}{}:
 		default:
@@ -542,7 +567,7 @@ func (r *recorder) flush() {
 			return
 		}
 		p := r.queue[0]
-		if wait := recordInterval - time.Since(r.started); wait > 0 && len(r.queue) == 1 && len(p.msgs) < recordEnough {
+		if wait := recordInterval - time.Since(r.started); wait > 0 && len(r.queue) == 1 && len(p.msgs) < recordEnough && !p.back {
 			r.mu.Unlock()
 			t := time.NewTimer(wait)
 			select {
@@ -555,9 +580,32 @@ func (r *recorder) flush() {
 		r.queue[0] = nil
 		r.queue = r.queue[1:]
 		r.started = time.Now()
+		if p.back {
+			r.backs++
+		}
+		r.watch(p)
 		r.mu.Unlock()
 		r.store(p)
 	}
+}
+
+// watch notes the devices of p, the record taken to be stored, to learn
+// when they are all back in the next one. Only a record smaller than
+// recordEnough is worth it: a larger one is stored without waiting anyway.
+// It is called with r.mu held.
+func (r *recorder) watch(p *pendingRecord) {
+	clear(r.away)
+	r.watching = len(p.msgs) < recordEnough && len(r.queue) == 0
+	if !r.watching {
+		return
+	}
+	if r.away == nil {
+		r.away = make(map[string]struct{}, recordEnough)
+	}
+	for i := range p.msgs {
+		r.away[p.msgs[i].device] = struct{}{}
+	}
+	r.awayFrom = len(p.msgs)
 }
 
 // store stores one record and tells its messages' waiters.
@@ -570,7 +618,7 @@ func (r *recorder) store(p *pendingRecord) {
 	}
 	r.in.settle(p.msgs, err)
 	clear(p.msgs) // the devices' waiters
-	p.data, p.msgs = p.data[:0], p.msgs[:0]
+	p.data, p.msgs, p.back = p.data[:0], p.msgs[:0], false
 	if cap(p.data) <= 2*maxRecordBytes {
 		pendingRecords.Put(p)
 	}

@@ -155,27 +155,16 @@ func FuzzDecodeRecord(f *testing.F) {
 	})
 }
 
-// TestRecordInterval has 32 devices publishing as fast as their stores
-// allow: the records of one kind start at least recordInterval apart, so
-// there are at most elapsed/recordInterval + 1 of them, each with many
-// messages, and every message is stored.
-func TestRecordInterval(t *testing.T) {
-	ctx := t.Context()
-	bs, err := bus.Open(bus.Config{Dir: filepath.Join(t.TempDir(), "bus"), Name: "test"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer bs.Close()
-	in, err := NewIngest(ctx, IngestConfig{JetStream: bs.JetStream, Node: "node-1"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	const devices = 32
+// publishLoop has each of devices publish QoS 1 telemetry through in,
+// one message at a time as a device waiting for its PUBACK does, resting
+// rest after each PUBACK, until d has passed. It returns how long it ran.
+func publishLoop(t *testing.T, in *Ingest, devices int, rest, d time.Duration) time.Duration {
+	t.Helper()
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	start := time.Now()
-	for d := range devices {
-		id := "aaaaaaaaaaaaaaaaaaaaaaa" + string(rune('a'+d/26)) + string(rune('a'+d%26)) + "a"
+	for dev := range devices {
+		id := "aaaaaaaaaaaaaaaaaaaaaaa" + string(rune('a'+dev/26)) + string(rune('a'+dev%26)) + "a"
 		wg.Go(func() {
 			for n := uint16(1); ; n++ {
 				select {
@@ -189,19 +178,76 @@ func TestRecordInterval(t *testing.T) {
 					t.Errorf("%s: %v %v", id, code, err)
 					return
 				}
+				if rest > 0 {
+					time.Sleep(rest)
+				}
 			}
 		})
 	}
-	time.Sleep(300 * time.Millisecond)
+	time.Sleep(d)
 	close(stop)
 	wg.Wait()
-	elapsed := time.Since(start)
+	return time.Since(start)
+}
+
+func newTestIngest(t *testing.T) *Ingest {
+	t.Helper()
+	bs, err := bus.Open(bus.Config{Dir: filepath.Join(t.TempDir(), "bus"), Name: "test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = bs.Close() })
+	in, err := NewIngest(t.Context(), IngestConfig{JetStream: bs.JetStream, Node: "node-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return in
+}
+
+// TestRecordInterval has 32 devices that each rest 3 ms after a PUBACK,
+// so that the devices of a record are not all back by the next: the
+// records of one kind start at least recordInterval apart, so there are
+// at most elapsed/recordInterval + 1 of them, each with several messages,
+// and every message is stored.
+func TestRecordInterval(t *testing.T) {
+	in := newTestIngest(t)
+	elapsed := publishLoop(t, in, 32, 3*time.Millisecond, 300*time.Millisecond)
 	st := in.Stats()
-	t.Logf("%d messages in %d records over %s", st.Stored, st.Records, elapsed.Round(time.Millisecond))
-	if limit := uint64(elapsed/recordInterval) + 1; st.Records > limit {
+	r := in.recorders[kindIndex(protocol.Telemetry)]
+	r.mu.Lock()
+	backs := r.backs
+	r.mu.Unlock()
+	t.Logf("%d messages in %d records over %s, %d with every device back", st.Stored, st.Records, elapsed.Round(time.Millisecond), backs)
+	// A record that does wait out the interval has every device back only
+	// by chance, and then it was not started early.
+	if limit := uint64(elapsed/recordInterval) + 1 + uint64(backs); st.Records > limit {
 		t.Fatalf("%d records in %s: records started less than %s apart", st.Records, elapsed, recordInterval)
 	}
 	if st.Records == 0 || st.Stored < 4*st.Records {
 		t.Fatalf("%d messages in %d records: want several messages a record", st.Stored, st.Records)
+	}
+}
+
+// TestRecordLockStep has 4 devices publishing in lock-step, each at once
+// after its PUBACK: every device of a record is back in the next, so the
+// next is stored without waiting out recordInterval, and the devices are
+// served at the store's pace.
+func TestRecordLockStep(t *testing.T) {
+	in := newTestIngest(t)
+	elapsed := publishLoop(t, in, 4, 0, 300*time.Millisecond)
+	st := in.Stats()
+	r := in.recorders[kindIndex(protocol.Telemetry)]
+	r.mu.Lock()
+	backs := r.backs
+	r.mu.Unlock()
+	t.Logf("%d messages in %d records over %s (%.0f a second), %d with every device back",
+		st.Stored, st.Records, elapsed.Round(time.Millisecond), float64(st.Stored)/elapsed.Seconds(), backs)
+	if st.Records < 10 || uint64(backs) < st.Records*8/10 {
+		t.Fatalf("%d of %d records had every device of the one before back: want at least 80 %%", backs, st.Records)
+	}
+	// Waiting out the interval, there would be at most one record a
+	// millisecond.
+	if limit := uint64(elapsed/recordInterval)*3/2 + 1; st.Records < limit {
+		t.Fatalf("%d records in %s: want at least %d, as many as the store takes", st.Records, elapsed, limit)
 	}
 }

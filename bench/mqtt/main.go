@@ -363,7 +363,8 @@ type figures struct {
 	ConnectRate     float64 `json:"connect_rate,omitempty"`
 	ConnectP50Ms    float64 `json:"connect_p50_ms,omitempty"`
 	ConnectP99Ms    float64 `json:"connect_p99_ms,omitempty"`
-	ConnectCPUMs    float64 `json:"connect_cpu_ms,omitempty"`     // broker CPU per connection
+	ConnectCPUMs    float64 `json:"connect_cpu_ms,omitempty"`     // broker CPU per connection, the work after the last one included
+	ConnectAfterS   float64 `json:"connect_after_s,omitempty"`    // seconds the broker took to fall quiet after the last connection
 	ConnectCores    float64 `json:"connect_cores,omitempty"`      // broker CPU cores busy while connecting
 	ConnectLoadCPU  float64 `json:"connect_load_cores,omitempty"` // load generator CPU cores busy
 
@@ -550,7 +551,12 @@ func (h *harness) hold(ctx context.Context, b *broker, f *figures) error {
 		f.Drops += r.Drops
 	}
 	procs = nil
-	time.Sleep(2 * time.Second) // let the broker finish closing
+	// Let the broker finish closing (Ward writes the connections' history).
+	after, busy, err := quiesce(b.pid)
+	if err != nil {
+		return err
+	}
+	log.Printf("%s: quiet %.1f s after closing (%.2f s of CPU since)", b.name, after.Seconds(), busy.Seconds())
 	return nil
 }
 
@@ -584,8 +590,44 @@ func (h *harness) connect(ctx context.Context, b *broker, f *figures) error {
 	f.ConnectCores = float64(s2.cpu-s1.cpu) / float64(s2.at.Sub(s1.at))
 	f.ConnectLoadCPU = r.CPUSeconds / r.Seconds
 	log.Printf("%s: %.0f connections/s (%d, %d errors), broker %.2f ms CPU each", b.name, f.ConnectRate, r.OK, r.Errors, f.ConnectCPUMs)
-	time.Sleep(2 * time.Second)
+	// The broker may still be at work on the connections (Ward writes their
+	// history): the next figure starts once it is done, and the work is
+	// counted in the connect figure's CPU.
+	after, busy, err := quiesce(b.pid)
+	if err != nil {
+		return err
+	}
+	f.ConnectAfterS = after.Seconds()
+	if r.OK > 0 {
+		f.ConnectCPUMs += ms(busy) / float64(r.OK)
+	}
+	log.Printf("%s: quiet %.1f s after the last connection (%.2f s of CPU since)", b.name, after.Seconds(), busy.Seconds())
 	return nil
+}
+
+// quiesce waits until the broker at pid uses less than 5 % of a core over
+// half a second, at least 2 seconds and at most a minute, and returns how
+// long that took and the CPU the broker used meanwhile.
+func quiesce(pid int) (waited, busy time.Duration, err error) {
+	const step, idle = 500 * time.Millisecond, 0.05
+	start, err := readProc(pid)
+	if err != nil {
+		return 0, 0, err
+	}
+	prev := start
+	for {
+		time.Sleep(step)
+		s, err := readProc(pid)
+		if err != nil {
+			return 0, 0, err
+		}
+		waited, busy = s.at.Sub(start.at), s.cpu-start.cpu
+		quiet := float64(s.cpu-prev.cpu) < idle*float64(s.at.Sub(prev.at))
+		if (quiet && waited >= 2*time.Second) || waited >= time.Minute {
+			return waited, busy, nil
+		}
+		prev = s
+	}
 }
 
 func (h *harness) publish(ctx context.Context, b *broker, f *figures) error {

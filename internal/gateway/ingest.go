@@ -218,7 +218,7 @@ func NewIngest(ctx context.Context, cfg IngestConfig) (*Ingest, error) {
 	in := &Ingest{js: cfg.JetStream, cfg: cfg, log: cfg.Logger, node: []string{cfg.Node}, seen: map[string]time.Time{},
 		dedup: dedup{window: cfg.DuplicateWindow, recent: map[string]*dedupList{}}}
 	for _, k := range []protocol.Kind{protocol.Telemetry, protocol.Events, protocol.State, protocol.Ack} {
-		in.recorders[kindIndex(k)] = &recorder{in: in, subject: RecordSubject(k), enough: make(chan struct{}, 1)}
+		in.recorders[kindIndex(k)] = &recorder{in: in, subject: RecordSubject(k), wake: make(chan struct{}, 1)}
 	}
 	if in.log == nil {
 		in.log = slog.New(slog.DiscardHandler)
@@ -480,7 +480,8 @@ type recorder struct {
 	queue   []*pendingRecord // oldest first; only the last takes more messages
 	running bool             // a flusher is storing the queue
 	started time.Time        // when the last record was taken to be stored
-	enough  chan struct{}    // a record waiting for recordInterval has recordEnough messages, or all its devices are back
+	idle    bool             // the flusher waits for a message
+	wake    chan struct{}    // a message came for an idle flusher, or the record it waits on is ready early
 
 	// The devices of the last record taken, while they are not yet back
 	// with a message in the record being gathered; watching is false when
@@ -501,6 +502,10 @@ const (
 	recordInterval = time.Millisecond
 	recordEnough   = 64
 )
+
+// flusherLinger is how long a kind's flusher waits for a message before
+// it ends.
+const flusherLinger = time.Second
 
 // pendingRecord is a record being gathered or stored.
 type pendingRecord struct {
@@ -538,42 +543,62 @@ func (r *recorder) add(m recordMsg, retain bool, msgID, payload []byte) {
 			p.back, r.watching = true, false
 		}
 	}
-	if len(p.msgs) == recordEnough || p.back {
-		select {
-		case r.enough <- struct{}{}:
-		default:
-		}
-	}
-	if !r.running {
+	switch {
+	case !r.running:
 		// The flusher stores it: at once on a quiet node, whose last
 		// record started more than recordInterval ago, or when due.
 		r.running = true
 		go r.flush()
+	case r.idle || len(p.msgs) == recordEnough || p.back:
+		r.idle = false
+		select {
+		case r.wake <- struct{}{}:
+		default:
+		}
 	}
 	r.mu.Unlock()
 }
 
-// flush stores the queued records one after the other until the queue is
-// empty, each no sooner than recordInterval after the one before unless it
-// has recordEnough messages. A record that waited longer than the store
-// timeout is not stored: its devices have been waiting that long already.
+// flush stores the queued records one after the other, each no sooner
+// than recordInterval after the one before unless it has recordEnough
+// messages or all its devices are back. With the queue empty it waits for
+// the next message, and ends once none has come for flusherLinger: a
+// flusher started afresh for every record, as a few devices in lock-step
+// would have it, spends more on starting and growing its stack than on the
+// record. A record that waited longer than the store timeout is not
+// stored: its devices have been waiting that long already.
 func (r *recorder) flush() {
+	t := time.NewTimer(flusherLinger)
+	defer t.Stop()
 	for {
 		r.mu.Lock()
 		if len(r.queue) == 0 {
-			r.running = false
+			r.idle = true
+			r.mu.Unlock()
+			t.Reset(flusherLinger)
+			select {
+			case <-r.wake:
+				continue
+			case <-t.C:
+			}
+			r.mu.Lock()
+			if len(r.queue) > 0 {
+				r.mu.Unlock()
+				continue
+			}
+			r.running, r.idle = false, false
 			r.queue = nil
 			r.mu.Unlock()
 			return
 		}
+		r.idle = false
 		p := r.queue[0]
 		if wait := recordInterval - time.Since(r.started); wait > 0 && len(r.queue) == 1 && len(p.msgs) < recordEnough && !p.back {
 			r.mu.Unlock()
-			t := time.NewTimer(wait)
+			t.Reset(wait)
 			select {
 			case <-t.C:
-			case <-r.enough:
-				t.Stop()
+			case <-r.wake:
 			}
 			continue
 		}

@@ -204,6 +204,15 @@ func newTestIngest(t *testing.T) *Ingest {
 	return in
 }
 
+// telemetryBacks is how many telemetry records were taken with every
+// device of the one before back.
+func telemetryBacks(in *Ingest) int {
+	r := in.recorders[kindIndex(protocol.Telemetry)]
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.backs
+}
+
 // TestRecordInterval has 32 devices that each rest 3 ms after a PUBACK,
 // so that the devices of a record are not all back by the next: the
 // records of one kind start at least recordInterval apart, so there are
@@ -213,10 +222,7 @@ func TestRecordInterval(t *testing.T) {
 	in := newTestIngest(t)
 	elapsed := publishLoop(t, in, 32, 3*time.Millisecond, 300*time.Millisecond)
 	st := in.Stats()
-	r := in.recorders[kindIndex(protocol.Telemetry)]
-	r.mu.Lock()
-	backs := r.backs
-	r.mu.Unlock()
+	backs := telemetryBacks(in)
 	t.Logf("%d messages in %d records over %s, %d with every device back", st.Stored, st.Records, elapsed.Round(time.Millisecond), backs)
 	// A record that does wait out the interval has every device back only
 	// by chance, and then it was not started early.
@@ -236,10 +242,7 @@ func TestRecordLockStep(t *testing.T) {
 	in := newTestIngest(t)
 	elapsed := publishLoop(t, in, 4, 0, 300*time.Millisecond)
 	st := in.Stats()
-	r := in.recorders[kindIndex(protocol.Telemetry)]
-	r.mu.Lock()
-	backs := r.backs
-	r.mu.Unlock()
+	backs := telemetryBacks(in)
 	t.Logf("%d messages in %d records over %s (%.0f a second), %d with every device back",
 		st.Stored, st.Records, elapsed.Round(time.Millisecond), float64(st.Stored)/elapsed.Seconds(), backs)
 	if st.Records < 10 || uint64(backs) < st.Records*8/10 {
